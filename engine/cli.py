@@ -1,0 +1,276 @@
+"""Command line: ``engine run CORPUS --out DIR`` and one subcommand per stage.
+
+Option precedence: built-in defaults < ``--config FILE.toml`` < the run directory's saved
+``run.toml`` (stage subcommands only) < flags given on the command line.
+User errors print one ``error: ...`` line and exit with status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from engine import __version__
+from engine.config import RUN_CONFIG_NAME, EngineConfig, load_toml, parse_json_option
+from engine.errors import EngineError
+
+log = logging.getLogger("engine")
+
+
+def _int_or_none(value: str) -> int | None:
+    return None if value.lower() in ("none", "auto") else int(value)
+
+
+def _columns(value: str) -> list[str]:
+    return [c.strip() for c in value.split(",") if c.strip()]
+
+
+# (flag, kwargs) per option group; defaults are SUPPRESSed so that only given flags override.
+CORPUS_OPTIONS: list[tuple[str, dict[str, Any]]] = [
+    ("--text-template", {"help": 'text built per row, default "{title}\\n{description}"'}),
+    ("--text-column", {"help": "use this single column as the text (instead of --text-template)"}),
+    ("--id-column", {"help": "stable document ids from this column (default: row number in the file)"}),
+    ("--empty", {"choices": ["drop", "error"], "help": "rows with empty text: drop (default) or error"}),
+    (
+        "--duplicates",
+        {"choices": ["keep", "drop"], "help": "identical texts: keep (default) or drop repeats"},
+    ),
+    (
+        "--format",
+        {"choices": ["csv", "tsv", "parquet", "jsonl"], "help": "input format (default: by extension)"},
+    ),
+    ("--encoding", {"help": "text encoding of CSV/TSV/JSON-lines input (default utf-8)"}),
+    ("--columns", {"type": _columns, "help": "comma-separated column names for a file without header row"}),
+    ("--limit", {"type": int, "help": "use only the first N rows"}),
+]
+EMBED_OPTIONS: list[tuple[str, dict[str, Any]]] = [
+    ("--model", {"help": "BAAI/bge-m3 (default), a local directory, or a sentence-transformers model id"}),
+    ("--device", {"help": "auto (default), cpu, cuda, cuda:1 ..."}),
+    ("--precision", {"choices": ["auto", "fp32", "bf16", "fp16"], "help": "model precision (default auto)"}),
+    ("--batch-size", {"type": _int_or_none, "help": "documents per batch (default: by token budget)"}),
+    ("--max-length", {"type": int, "help": "max tokens per document (default 512)"}),
+    (
+        "--restart",
+        {"action": "store_true", "default": argparse.SUPPRESS, "help": "drop stored vectors, re-embed"},
+    ),
+]
+STORE_OPTIONS: list[tuple[str, dict[str, Any]]] = [
+    (
+        "--milvus-uri",
+        {"help": "Milvus URI: a local file for Milvus Lite (default DIR/milvus.db) or http://host:19530"},
+    ),
+    (
+        "--milvus-token",
+        {"help": "Milvus token (user:password or API key); or set MILVUS_TOKEN. Never printed."},
+    ),
+    ("--db-name", {"help": "Milvus database name (servers only)"}),
+    ("--collection", {"help": "Milvus collection name (default engine_docs)"}),
+    ("--metric", {"choices": ["COSINE", "IP", "L2"], "help": "Milvus metric (default COSINE)"}),
+    ("--index", {"help": "auto (FLAT up to 50k docs, else HNSW), FLAT, IVF_FLAT, IVF_SQ8, HNSW, ..."}),
+    ("--index-params", {"help": 'index build parameters as JSON, e.g. \'{"M": 16, "efConstruction": 200}\''}),
+    ("--search-params", {"help": "search parameters as JSON, e.g. '{\"ef\": 64}' or '{\"nprobe\": 32}'"}),
+]
+GRAPH_OPTIONS: list[tuple[str, dict[str, Any]]] = [
+    (
+        "--graph-source",
+        {"choices": ["milvus", "exact"], "help": "neighbours from Milvus (default) or exact search"},
+    ),
+    ("--k", {"type": int, "help": "neighbours per document in the graph (default 30)"}),
+    ("--workers", {"type": int, "help": "parallel search workers (default 2)"}),
+    ("--search-batch", {"type": int, "help": "query vectors per search request (default 256)"}),
+]
+CLUSTER_OPTIONS: list[tuple[str, dict[str, Any]]] = [
+    ("--min-cluster-size", {"type": int, "help": "HDBSCAN min_cluster_size (default 5)"}),
+    (
+        "--min-samples",
+        {"type": _int_or_none, "help": "HDBSCAN min_samples (default 3; 'none' = min_cluster_size)"},
+    ),
+    ("--cluster-selection-method", {"choices": ["eom", "leaf"], "help": "HDBSCAN selection (default eom)"}),
+    ("--cluster-selection-epsilon", {"type": float, "help": "HDBSCAN cluster_selection_epsilon (default 0)"}),
+    ("--cluster-backend", {"choices": ["auto", "cpu", "cuml"], "help": "auto: cuML with a GPU, else CPU"}),
+]
+MAP_OPTIONS: list[tuple[str, dict[str, Any]]] = [
+    ("--n-neighbors", {"type": int, "help": "UMAP n_neighbors (default 15, at most --k)"}),
+    ("--min-dist", {"type": float, "help": "UMAP min_dist (default 0.1)"}),
+    (
+        "--map-backend",
+        {"choices": ["auto", "cpu", "cuml"], "help": "auto: cuML UMAP with a GPU, else umap-learn"},
+    ),
+    ("--seed", {"type": int, "help": "random seed of the map (default 42)"}),
+]
+REPORT_OPTIONS: list[tuple[str, dict[str, Any]]] = [
+    ("--n-keywords", {"type": int, "help": "keywords per cluster (default 10)"}),
+    ("--n-representatives", {"type": int, "help": "representative documents per cluster (default 5)"}),
+]
+
+STAGE_GROUPS = {
+    "run": ["corpus", "embed", "store", "graph", "cluster", "map", "report"],
+    "embed": ["corpus", "embed", "store"],
+    "graph": ["store", "graph"],
+    "cluster": ["graph", "cluster"],
+    "map": ["map"],
+    "report": ["report"],
+}
+GROUPS = {
+    "corpus": CORPUS_OPTIONS,
+    "embed": EMBED_OPTIONS,
+    "store": STORE_OPTIONS,
+    "graph": GRAPH_OPTIONS,
+    "cluster": CLUSTER_OPTIONS,
+    "map": MAP_OPTIONS,
+    "report": REPORT_OPTIONS,
+}
+STAGE_HELP = {
+    "run": "run every stage: corpus -> embed -> Milvus -> kNN graph -> HDBSCAN -> map -> report",
+    "embed": "read the corpus and embed it into Milvus and DIR/embeddings.npy (resumable)",
+    "graph": "build the kNN graph DIR/knn_graph.npz from Milvus (or --graph-source exact)",
+    "cluster": "HDBSCAN on the saved kNN graph -> DIR/clusters.npz",
+    "map": "UMAP 2-D coordinates from the saved kNN graph -> DIR/coords.npy",
+    "report": "labels.parquet, clusters.json, report.html, map.html, map.png from saved stages",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="engine",
+        description="Cluster a text corpus by meaning: embeddings -> Milvus -> kNN graph -> HDBSCAN -> map + report.",
+    )
+    parser.add_argument("--version", action="version", version=f"engine {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for stage, groups in STAGE_GROUPS.items():
+        p = sub.add_parser(stage, help=STAGE_HELP[stage], description=STAGE_HELP[stage])
+        if stage in ("run", "embed"):
+            p.add_argument(
+                "corpus", nargs="?", default=argparse.SUPPRESS, help="CSV, TSV, Parquet or JSON-lines file"
+            )
+        p.add_argument("--out", "-o", default=argparse.SUPPRESS, help="run directory (default ./out)")
+        p.add_argument(
+            "--config", default=argparse.SUPPRESS, help="TOML file with options (flags override it)"
+        )
+        p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or stage logs")
+        for group in groups:
+            g = p.add_argument_group(f"{group} options")
+            for flag, kwargs in GROUPS[group]:
+                kwargs = dict(kwargs)
+                kwargs.setdefault("default", argparse.SUPPRESS)
+                g.add_argument(flag, **kwargs)
+    _add_tool_parsers(sub)
+    return parser
+
+
+def _add_tool_parsers(sub: argparse._SubParsersAction) -> None:
+    """Subcommands owned by other modules, which parse their own arguments."""
+    p = sub.add_parser("bench-index", help="benchmark Milvus index types on your own vectors", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+    p = sub.add_parser("doctor", help="what this machine offers and what 'auto' will choose", add_help=False)
+    p.add_argument("rest", nargs=argparse.REMAINDER)
+
+
+def config_from_args(args: argparse.Namespace) -> EngineConfig:
+    """Defaults < --config < saved run.toml (stage re-runs) < command-line flags."""
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "quiet", "config")}
+    for name in ("index_params", "search_params"):
+        if name in given:
+            given[name] = parse_json_option(given[name], name.replace("_", "-"))
+    config = EngineConfig()
+    if "config" in vars(args):
+        config = config.updated(load_toml(args.config))
+    out = given.get("out", config.out)
+    saved = Path(out) / RUN_CONFIG_NAME
+    if args.command != "run" and saved.exists():
+        saved_options = load_toml(saved)
+        saved_options.pop("restart", None)
+        if args.command != "embed":
+            saved_options.pop("corpus", None)  # later stages read corpus.parquet, not the file
+        config = config.updated(saved_options)
+    if args.command not in ("run", "embed"):
+        config = config.updated({"corpus": None})
+    config = config.updated(given)
+    config.validate()
+    return config
+
+
+def _setup_logging(quiet: bool) -> None:
+    logging.basicConfig(
+        level=logging.WARNING if quiet else logging.INFO,
+        format="%(message)s",
+        stream=sys.stderr,
+    )
+    # Third-party libraries are chatty at INFO; keep their warnings only.
+    for name in (
+        "httpx",
+        "urllib3",
+        "pymilvus",
+        "milvus_lite",
+        "numba",
+        "sentence_transformers",
+        "transformers",
+    ):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _run_stage(args: argparse.Namespace) -> int:
+    from engine.pipeline import Pipeline
+
+    config = config_from_args(args)
+    pipe = Pipeline(config, progress=not args.quiet)
+    steps: dict[str, list[Callable[[], Any]]] = {
+        "run": [pipe.run],
+        "embed": [pipe.load_corpus, pipe.embed],
+        "graph": [pipe.build_graph],
+        "cluster": [pipe.cluster],
+        "map": [pipe.project],
+        "report": [pipe.report],
+    }
+    if args.command == "embed" and config.corpus is None:
+        raise EngineError("engine embed needs the corpus file: engine embed CORPUS --out DIR")
+    if args.command == "run" and config.corpus is None:
+        raise EngineError("engine run needs the corpus file: engine run CORPUS --out DIR")
+    if args.command != "run":
+        config.save(config.out_dir / RUN_CONFIG_NAME)
+    for step in steps[args.command]:
+        step()
+    if args.command in ("run", "report"):
+        print(pipe.summary().format())
+        if args.command == "run" or pipe.paths.map_html.exists():
+            print(f"\nopen the map: {pipe.paths.map_html.resolve()}")
+    else:
+        done = ", ".join(f"{k} {v:.1f} s" for k, v in pipe.timings_.items())
+        print(f"engine {args.command}: done ({done}); outputs in {config.out_dir}")
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    if not argv:
+        parser.print_help()
+        return 2
+    args = parser.parse_args(argv)
+    _setup_logging(getattr(args, "quiet", False))
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        if args.command == "bench-index":
+            from engine.bench.index_bench import main as bench_main
+
+            return bench_main(args.rest)
+        if args.command == "doctor":
+            from engine.doctor import main as doctor_main
+
+            return doctor_main(args.rest)
+        return _run_stage(args)
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: re-run the same command to resume where it stopped", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,223 @@
+"""Run configuration: one flat dataclass, filled from defaults < TOML file < saved run < command line.
+
+Why flat: every option has one name, the same as its command-line flag with ``_`` for ``-``,
+so a TOML file may use plain keys or group them in tables (``[embed]``, ``[cluster]`` ...)
+purely for readability; tables are flattened on load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from engine.errors import EngineError
+
+RUN_CONFIG_NAME = "run.toml"
+
+
+@dataclass
+class EngineConfig:
+    """Every option of a run. Field names equal the CLI flags (``--min-cluster-size`` -> ``min_cluster_size``)."""
+
+    # where outputs go
+    out: str = "out"
+    # corpus
+    corpus: str | None = None
+    text_template: str = "{title}\n{description}"
+    text_column: str | None = None
+    id_column: str | None = None
+    empty: str = "drop"
+    duplicates: str = "keep"
+    format: str | None = None
+    encoding: str = "utf-8"
+    columns: list[str] | None = None
+    limit: int | None = None
+    # embed
+    model: str = "BAAI/bge-m3"
+    device: str = "auto"
+    precision: str = "auto"
+    batch_size: int | None = None
+    max_length: int = 512
+    # store
+    milvus_uri: str | None = None  # None -> <out>/milvus.db (Milvus Lite)
+    milvus_token: str | None = field(default=None, repr=False)
+    db_name: str | None = None
+    collection: str = "engine_docs"
+    metric: str = "COSINE"
+    index: str = "auto"  # auto -> FLAT up to 50k documents, HNSW above
+    index_params: dict[str, Any] | None = None
+    search_params: dict[str, Any] | None = None
+    restart: bool = False
+    # graph
+    graph_source: str = "milvus"  # milvus | exact
+    k: int = 30
+    workers: int = 2
+    search_batch: int = 256
+    # cluster
+    min_cluster_size: int = 5
+    min_samples: int | None = 3
+    cluster_selection_method: str = "eom"
+    cluster_selection_epsilon: float = 0.0
+    cluster_backend: str = "auto"
+    # map
+    n_neighbors: int = 15
+    min_dist: float = 0.1
+    map_backend: str = "auto"
+    seed: int = 42
+    # report
+    n_keywords: int = 10
+    n_representatives: int = 5
+
+    # ---- derived -------------------------------------------------------------------------
+    @property
+    def out_dir(self) -> Path:
+        return Path(self.out)
+
+    @property
+    def resolved_milvus_uri(self) -> str:
+        """Explicit URI, else $MILVUS_URI, else a Milvus Lite file inside the run directory."""
+        return self.milvus_uri or os.environ.get("MILVUS_URI") or str(self.out_dir / "milvus.db")
+
+    @property
+    def resolved_milvus_token(self) -> str | None:
+        return self.milvus_token or os.environ.get("MILVUS_TOKEN") or None
+
+    def validate(self) -> None:
+        """Cheap checks that catch a bad option before any expensive stage runs."""
+        choices = {
+            "empty": ("drop", "error"),
+            "duplicates": ("keep", "drop"),
+            "metric": ("COSINE", "IP", "L2"),
+            "graph_source": ("milvus", "exact"),
+            "cluster_selection_method": ("eom", "leaf"),
+            "cluster_backend": ("auto", "cpu", "cuml"),
+            "map_backend": ("auto", "cpu", "cuml"),
+            "device": None,
+            "precision": ("auto", "fp32", "bf16", "fp16"),
+        }
+        for name, allowed in choices.items():
+            value = getattr(self, name)
+            if allowed is not None and value not in allowed:
+                raise EngineError(
+                    f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {value!r}"
+                )
+        positive = (
+            "k",
+            "workers",
+            "search_batch",
+            "min_cluster_size",
+            "n_neighbors",
+            "max_length",
+            "n_keywords",
+        )
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise EngineError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.min_cluster_size < 2:
+            raise EngineError(f"--min-cluster-size must be >= 2, got {self.min_cluster_size}")
+        if self.min_samples is not None and self.min_samples < 1:
+            raise EngineError(f"--min-samples must be >= 1, got {self.min_samples}")
+        if self.min_samples is not None and self.min_samples > self.k:
+            raise EngineError(
+                f"--min-samples ({self.min_samples}) must not exceed --k ({self.k}): core distances need "
+                "that many neighbours in the graph"
+            )
+        if self.cluster_selection_epsilon < 0:
+            raise EngineError(
+                f"--cluster-selection-epsilon must be >= 0, got {self.cluster_selection_epsilon}"
+            )
+        if not 0 <= self.min_dist <= 1:
+            raise EngineError(f"--min-dist must be within [0, 1], got {self.min_dist}")
+
+    # ---- persistence ---------------------------------------------------------------------
+    def to_dict(self, include_secrets: bool = False) -> dict[str, Any]:
+        data = asdict(self)
+        if not include_secrets:
+            data.pop("milvus_token", None)
+        return data
+
+    def save(self, path: Path) -> None:
+        """Write the resolved configuration (never the token) so stage re-runs reuse it."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(dumps_toml(self.to_dict()), encoding="utf-8")
+
+    def updated(self, overrides: dict[str, Any]) -> EngineConfig:
+        """A copy with the non-None overrides applied (unknown keys rejected)."""
+        known = {f.name for f in fields(self)}
+        data = asdict(self)
+        for key, value in overrides.items():
+            if key not in known:
+                raise EngineError(f"unknown option {key!r} (known: {', '.join(sorted(known))})")
+            if value is not None:
+                data[key] = value
+        return EngineConfig(**data)
+
+
+def flatten_toml(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """Accept plain keys and one level of tables; dict-valued options stay dicts."""
+    dict_options = {"index_params", "search_params"}
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        key = key.replace("-", "_")
+        if isinstance(value, dict) and key not in dict_options:
+            for inner, inner_value in value.items():
+                flat[inner.replace("-", "_")] = inner_value
+        else:
+            flat[key] = value
+    known = {f.name for f in fields(EngineConfig)}
+    unknown = sorted(set(flat) - known)
+    if unknown:
+        raise EngineError(f"{source}: unknown option {unknown[0]!r} (known: {', '.join(sorted(known))})")
+    return flat
+
+
+def load_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.exists():
+        raise EngineError(f"config file not found: {path}")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as exc:
+        raise EngineError(f"{path}: invalid TOML: {exc}") from None
+    return flatten_toml(data, str(path))
+
+
+def parse_json_option(value: str | None, name: str) -> dict[str, Any] | None:
+    """``--index-params '{"M": 16}'`` -> dict, with an error naming the flag."""
+    if value is None:
+        return None
+    try:
+        parsed = json.loads(value)
+    except json.JSONDecodeError as exc:
+        raise EngineError(f"--{name} is not valid JSON ({exc.msg}): {value!r}") from None
+    if not isinstance(parsed, dict):
+        raise EngineError(f"--{name} must be a JSON object like '{{\"M\": 16}}', got {value!r}")
+    return parsed
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value, ensure_ascii=False)
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()) + " }"
+    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+
+
+def dumps_toml(data: dict[str, Any]) -> str:
+    """Minimal TOML writer for flat configs (None values are omitted: TOML has no null)."""
+    lines = ["# engine run configuration (resolved); re-used by per-stage commands"]
+    for key, value in data.items():
+        if value is None:
+            continue
+        lines.append(f"{key} = {_toml_value(value)}")
+    return "\n".join(lines) + "\n"

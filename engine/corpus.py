@@ -1,0 +1,280 @@
+"""Corpus stage: read CSV / TSV / Parquet / JSON-lines into one frame of (id, text, source columns).
+
+Why this shape: every later stage works on *positions* 0..N-1 in this frame's order and
+on a stable int64 ``id`` per row, the Milvus primary key. Ids must not change between
+re-runs of the same file, or a resumed ingest would embed rows twice or skip rows.
+By default the id is the row's number in the file (0-based, header excluded), which is
+stable while the file is unchanged; ``id_column`` derives it from a column instead
+(integers as they are, anything else hashed to 63 bits), which also survives edits.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import string
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from engine.errors import EngineError
+
+DEFAULT_TEMPLATE = "{title}\n{description}"
+FORMATS = ("csv", "tsv", "parquet", "jsonl")
+_EXTENSIONS = {
+    ".csv": "csv",
+    ".tsv": "tsv",
+    ".tab": "tsv",
+    ".txt": "tsv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".jsonl": "jsonl",
+    ".ndjson": "jsonl",
+    ".json": "jsonl",
+}
+
+
+@dataclass
+class Corpus:
+    """The loaded corpus: ``frame`` (``id``, ``text``, ``row`` and source columns) and load ``stats``."""
+
+    frame: pd.DataFrame
+    stats: dict = field(default_factory=dict)
+    path: str = ""
+
+    def __len__(self) -> int:
+        return len(self.frame)
+
+
+def detect_format(path: Path, fmt: str | None = None) -> str:
+    """Pick the reader from ``fmt`` or the file extension (``.gz`` etc. looked through)."""
+    if fmt:
+        if fmt not in FORMATS:
+            raise EngineError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        return fmt
+    suffixes = [s.lower() for s in path.suffixes]
+    for suffix in reversed(suffixes):
+        if suffix in _EXTENSIONS:
+            return _EXTENSIONS[suffix]
+    raise EngineError(
+        f"cannot tell the format of {path.name!r} from its extension; pass --format ({', '.join(FORMATS)})"
+    )
+
+
+def read_table(
+    path: str | Path,
+    fmt: str | None = None,
+    encoding: str = "utf-8",
+    column_names: list[str] | None = None,
+) -> pd.DataFrame:
+    """Read the raw table; every failure becomes one EngineError line naming the file."""
+    path = Path(path)
+    if not path.exists():
+        raise EngineError(f"corpus file not found: {path}")
+    if path.is_dir():
+        raise EngineError(f"corpus path is a directory, not a file: {path}")
+    fmt = detect_format(path, fmt)
+    header = None if column_names else "infer"
+    try:
+        if fmt in ("csv", "tsv"):
+            frame = pd.read_csv(
+                path,
+                sep="," if fmt == "csv" else "\t",
+                encoding=encoding,
+                header=0 if header == "infer" else None,
+                names=column_names,
+                dtype=str,
+                keep_default_na=False,
+                na_values=[""],
+                quoting=3 if fmt == "tsv" else 0,  # QUOTE_NONE for TSV: quotes are text there
+                on_bad_lines="error",
+            )
+        elif fmt == "parquet":
+            frame = pd.read_parquet(path)
+        else:
+            frame = pd.read_json(path, lines=True, dtype=False, encoding=encoding)
+    except UnicodeDecodeError as exc:
+        raise EngineError(
+            f"{path}: cannot decode byte {exc.object[exc.start : exc.start + 1]!r} at offset {exc.start} "
+            f"as {encoding}; pass --encoding (e.g. latin-1, gbk)"
+        ) from None
+    except pd.errors.EmptyDataError:
+        raise EngineError(f"{path}: the file is empty") from None
+    except pd.errors.ParserError as exc:
+        raise EngineError(f"{path}: not valid {fmt.upper()}: {str(exc).strip().splitlines()[-1]}") from None
+    except ValueError as exc:  # JSON and Parquet readers raise ValueError on malformed input
+        raise EngineError(f"{path}: not valid {fmt}: {str(exc).strip().splitlines()[0]}") from None
+    except (OSError, ImportError) as exc:
+        raise EngineError(f"{path}: cannot read as {fmt}: {exc}") from None
+    if column_names and fmt in ("parquet", "jsonl"):
+        if len(column_names) != frame.shape[1]:
+            raise EngineError(
+                f"--columns names {len(column_names)} columns but {path.name} has {frame.shape[1]}"
+            )
+        frame.columns = column_names
+    frame.columns = [str(c) for c in frame.columns]
+    return frame
+
+
+def template_fields(template: str) -> list[str]:
+    """Column names a ``str.format`` template refers to, in order."""
+    try:
+        names = [name for _, name, _, _ in string.Formatter().parse(template) if name is not None]
+    except ValueError as exc:
+        raise EngineError(f"--text-template {template!r} is not a valid format string: {exc}") from None
+    if not names:
+        raise EngineError(f"--text-template {template!r} names no column (use e.g. '{{title}}')")
+    if any(name == "" or name.isdigit() for name in names):
+        raise EngineError(f"--text-template {template!r}: name the columns, e.g. '{{title}}', not '{{}}'")
+    return names
+
+
+def build_texts(frame: pd.DataFrame, template: str) -> pd.Series:
+    """Fill the template per row, vectorised; a missing (NaN) field becomes empty text.
+
+    Surrounding whitespace is stripped so that a row whose fields are all empty yields "",
+    and a row with only a title does not end in a dangling newline.
+    """
+    parts = list(string.Formatter().parse(template))
+    out = pd.Series([""] * len(frame), index=frame.index, dtype=object)
+    for literal, name, spec, conv in parts:
+        if literal:
+            out = out + literal
+        if name is None:
+            continue
+        column = frame[name]
+        values = column.astype(object).where(column.notna(), "")
+        if spec or conv:
+            fmt = "{0" + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
+            values = values.map(lambda v, f=fmt: f.format(v) if v != "" else "")
+        else:
+            values = values.map(lambda v: v if isinstance(v, str) else str(v))
+        out = out + values
+    # Collapse the separators that empty fields leave behind ("title\n" -> "title").
+    return out.str.strip()
+
+
+def stable_ids(values: pd.Series, column: str) -> np.ndarray:
+    """int64 ids from a column: integers kept as they are, anything else hashed (blake2b, 63 bits)."""
+    if values.isna().any():
+        row = int(np.flatnonzero(values.isna().to_numpy())[0])
+        raise EngineError(f"--id-column {column!r} is empty at row {row}")
+    if pd.api.types.is_integer_dtype(values):
+        ids = values.to_numpy(dtype=np.int64)
+    else:
+        numeric = pd.to_numeric(values, errors="coerce")
+        if numeric.notna().all() and (numeric % 1 == 0).all() and numeric.abs().max() < 2**62:
+            ids = numeric.to_numpy(dtype=np.int64)
+        else:
+            ids = np.fromiter(
+                (
+                    int.from_bytes(hashlib.blake2b(str(v).encode("utf-8"), digest_size=8).digest(), "big")
+                    >> 1
+                    for v in values
+                ),
+                dtype=np.int64,
+                count=len(values),
+            )
+    duplicated = pd.Series(ids).duplicated(keep="first").to_numpy()
+    if duplicated.any():
+        row = int(np.flatnonzero(duplicated)[0])
+        raise EngineError(
+            f"--id-column {column!r} is not unique: row {row} repeats the id of an earlier row "
+            f"({values.iloc[row]!r})"
+        )
+    return ids
+
+
+def load_corpus(
+    path: str | Path,
+    text_template: str = DEFAULT_TEMPLATE,
+    text_column: str | None = None,
+    id_column: str | None = None,
+    empty: str = "drop",
+    duplicates: str = "keep",
+    fmt: str | None = None,
+    encoding: str = "utf-8",
+    column_names: list[str] | None = None,
+    limit: int | None = None,
+) -> Corpus:
+    """Load a corpus and build one text per row.
+
+    ``empty``: ``"drop"`` rows whose text is empty (counted in the stats) or ``"error"``.
+    ``duplicates``: ``"keep"`` identical texts (they become zero-distance neighbours, which the
+    graph and HDBSCAN preserve) or ``"drop"`` all but the first occurrence.
+    """
+    if empty not in ("drop", "error"):
+        raise EngineError(f"--empty must be 'drop' or 'error', got {empty!r}")
+    if duplicates not in ("keep", "drop"):
+        raise EngineError(f"--duplicates must be 'keep' or 'drop', got {duplicates!r}")
+    if limit is not None and limit < 1:
+        raise EngineError(f"--limit must be a positive number of rows, got {limit}")
+
+    frame = read_table(path, fmt=fmt, encoding=encoding, column_names=column_names)
+    n_rows = len(frame)
+    if n_rows == 0:
+        raise EngineError(f"{path}: no rows")
+    if limit is not None:
+        frame = frame.iloc[:limit]
+
+    if text_column is not None:
+        if text_column not in frame.columns:
+            raise EngineError(
+                f"--text-column {text_column!r} is not a column of {Path(path).name} "
+                f"(columns: {', '.join(frame.columns)})"
+            )
+        template = "{" + text_column + "}"
+    else:
+        template = text_template
+    missing = [name for name in template_fields(template) if name not in frame.columns]
+    if missing:
+        raise EngineError(
+            f"--text-template names column {missing[0]!r}, which {Path(path).name} does not have "
+            f"(columns: {', '.join(frame.columns)}); use --text-column or --text-template"
+        )
+    if id_column is not None and id_column not in frame.columns:
+        raise EngineError(
+            f"--id-column {id_column!r} is not a column of {Path(path).name} (columns: {', '.join(frame.columns)})"
+        )
+
+    texts = build_texts(frame, template)
+    row_numbers = np.arange(len(frame), dtype=np.int64)
+    ids = stable_ids(frame[id_column], id_column) if id_column else row_numbers.copy()
+
+    out = frame.copy()
+    out.insert(0, "id", ids)
+    out.insert(1, "text", texts.to_numpy(dtype=object))
+    out.insert(2, "row", row_numbers)
+
+    is_empty = texts.str.len().to_numpy() == 0
+    n_empty = int(is_empty.sum())
+    if n_empty and empty == "error":
+        row = int(np.flatnonzero(is_empty)[0])
+        raise EngineError(
+            f"row {row} (file line {row + 2}) has empty text from template {template!r}; "
+            f"{n_empty} such rows in all (use --empty drop to skip them)"
+        )
+    out = out.loc[~is_empty]
+
+    is_dup = out["text"].duplicated(keep="first").to_numpy()
+    n_dup = int(is_dup.sum())
+    if duplicates == "drop":
+        out = out.loc[~is_dup]
+
+    if len(out) == 0:
+        raise EngineError(
+            f"{path}: zero usable rows ({n_rows} read, {n_empty} with empty text from template {template!r})"
+        )
+    out = out.reset_index(drop=True)
+    stats = {
+        "rows_read": int(n_rows),
+        "rows_limited_to": int(limit) if limit is not None else None,
+        "empty_texts": n_empty,
+        "empty_policy": empty,
+        "duplicate_texts": n_dup,
+        "duplicate_policy": duplicates,
+        "documents": int(len(out)),
+        "template": template,
+    }
+    return Corpus(frame=out, stats=stats, path=str(path))

@@ -1,0 +1,471 @@
+"""The pipeline object: runs the stages in order and keeps every output in one run directory.
+
+Each stage method reads what it needs from memory if an earlier method produced it in this
+process, and from the run directory otherwise, so any stage can be re-run on saved outputs
+(``engine cluster --out DIR`` after changing ``--min-cluster-size``) without redoing the rest.
+Results are exposed scikit-learn style as ``name_`` attributes and returned as pandas objects.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from engine.config import RUN_CONFIG_NAME, EngineConfig
+from engine.errors import EngineError
+
+log = logging.getLogger("engine")
+
+# Below this many documents an exact FLAT index is cheap and gives recall 1.0.
+AUTO_FLAT_MAX_DOCS = 50_000
+AUTO_HNSW_PARAMS = {"M": 16, "efConstruction": 200}
+
+
+@dataclass
+class RunPaths:
+    """Where each stage writes, relative to the run directory."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+
+    corpus = property(lambda self: self.root / "corpus.parquet")
+    corpus_stats = property(lambda self: self.root / "corpus_stats.json")
+    embeddings = property(lambda self: self.root / "embeddings.npy")
+    embeddings_meta = property(lambda self: self.root / "embeddings.json")
+    clusters_npz = property(lambda self: self.root / "clusters.npz")
+    coords = property(lambda self: self.root / "coords.npy")
+    labels = property(lambda self: self.root / "labels.parquet")
+    clusters_json = property(lambda self: self.root / "clusters.json")
+    report_html = property(lambda self: self.root / "report.html")
+    map_html = property(lambda self: self.root / "map.html")
+    map_png = property(lambda self: self.root / "map.png")
+    summary = property(lambda self: self.root / "summary.json")
+    config = property(lambda self: self.root / RUN_CONFIG_NAME)
+    knn_graph = property(lambda self: self.root / "knn_graph.npz")
+
+
+@dataclass
+class RunSummary:
+    """What a run did, printed at the end and saved as summary.json."""
+
+    documents: int = 0
+    clusters: int = 0
+    noise: int = 0
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    outputs: dict[str, str] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def noise_share(self) -> float:
+        return self.noise / self.documents if self.documents else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "documents": self.documents,
+            "clusters": self.clusters,
+            "noise": self.noise,
+            "noise_share": round(self.noise_share, 4),
+            "stage_seconds": {k: round(v, 3) for k, v in self.stage_seconds.items()},
+            "total_seconds": round(sum(self.stage_seconds.values()), 3),
+            "outputs": self.outputs,
+            "details": self.details,
+        }
+
+    def format(self) -> str:
+        lines = [
+            "",
+            "== engine summary ==",
+            f"documents     {self.documents:,}",
+            f"clusters      {self.clusters:,}",
+            f"noise         {self.noise:,} ({self.noise_share:.1%})",
+        ]
+        for key, value in self.details.items():
+            lines.append(f"{key:<13} {value}")
+        if self.stage_seconds:
+            lines.append("time per stage")
+            for stage, seconds in self.stage_seconds.items():
+                lines.append(f"  {stage:<11} {seconds:8.1f} s")
+            lines.append(f"  {'total':<11} {sum(self.stage_seconds.values()):8.1f} s")
+        if self.outputs:
+            lines.append("outputs")
+            for name, path in self.outputs.items():
+                lines.append(f"  {name:<11} {path}")
+        return "\n".join(lines)
+
+
+def resolve_index(index: str, n_documents: int, index_params: dict | None) -> tuple[str, dict | None]:
+    """``auto``: exact FLAT for small corpora, HNSW beyond (recall >= 0.95 at far higher QPS)."""
+    if index.lower() != "auto":
+        return index.upper(), index_params
+    if n_documents <= AUTO_FLAT_MAX_DOCS:
+        return "FLAT", index_params
+    return "HNSW", index_params or dict(AUTO_HNSW_PARAMS)
+
+
+class Pipeline:
+    """corpus -> embed -> store -> graph -> cluster -> project -> report, in one run directory.
+
+    >>> pipe = Pipeline(EngineConfig(corpus="news.csv", out="out", model="all-MiniLM-L6-v2"))
+    >>> summary = pipe.run()
+    >>> pipe.labels_.head()          # pandas DataFrame: id, text, cluster, probability, ...
+    """
+
+    def __init__(self, config: EngineConfig, progress: bool = True) -> None:
+        self.config = config
+        self.progress = progress
+        self.paths = RunPaths(config.out_dir)
+        self.timings_: dict[str, float] = {}
+        self.corpus_stats_: dict[str, Any] = {}
+        self.frame_: pd.DataFrame | None = None
+        self.ingest_: Any = None
+        self.graph_: Any = None
+        self.clusters_: Any = None
+        self.coords_: np.ndarray | None = None
+        self.report_: Any = None
+        self.labels_: pd.DataFrame | None = None
+        self.details_: dict[str, Any] = {}
+
+    # ---- helpers -------------------------------------------------------------------------
+    @contextmanager
+    def _stage(self, name: str):
+        log.info("[%s] started", name)
+        start = time.perf_counter()
+        yield
+        seconds = time.perf_counter() - start
+        self.timings_[name] = self.timings_.get(name, 0.0) + seconds
+        log.info("[%s] done in %.1f s", name, seconds)
+
+    def _require(self, path: Path, stage: str) -> Path:
+        if not path.exists():
+            raise EngineError(f"{path} not found: run `engine {stage} --out {self.paths.root}` first")
+        return path
+
+    @property
+    def frame(self) -> pd.DataFrame:
+        if self.frame_ is None:
+            path = self._require(self.paths.corpus, "embed CORPUS")
+            self.frame_ = pd.read_parquet(path)
+            if self.paths.corpus_stats.exists():
+                self.corpus_stats_ = json.loads(self.paths.corpus_stats.read_text())
+        return self.frame_
+
+    def vectors(self) -> np.ndarray:
+        """The embeddings as a read-only memory map, corpus order; checks the embed stage finished."""
+        path = self._require(self.paths.embeddings, "embed CORPUS")
+        vectors = np.load(path, mmap_mode="r")
+        if len(vectors) != len(self.frame):
+            raise EngineError(
+                f"{path} holds {len(vectors)} vectors but the corpus has {len(self.frame)} documents: "
+                f"re-run `engine embed` (add --restart if the corpus changed)"
+            )
+        meta = self._embeddings_meta()
+        if meta and not meta.get("complete", False):
+            raise EngineError(
+                f"{path} is incomplete (the embed stage was interrupted): re-run `engine embed` to resume"
+            )
+        return vectors
+
+    def _embeddings_meta(self) -> dict[str, Any]:
+        if self.paths.embeddings_meta.exists():
+            return json.loads(self.paths.embeddings_meta.read_text())
+        return {}
+
+    def open_store(self, dim: int | None = None):
+        """A MilvusStore on the configured URI; the index is resolved from the corpus size."""
+        from engine.store import MilvusStore
+
+        cfg = self.config
+        index_type, index_params = resolve_index(cfg.index, len(self.frame), cfg.index_params)
+        self.details_["index"] = index_type
+        return MilvusStore(
+            uri=cfg.resolved_milvus_uri,
+            token=cfg.resolved_milvus_token,
+            collection=cfg.collection,
+            dim=dim,
+            metric=cfg.metric,
+            index_type=index_type,
+            index_params=index_params,
+            search_params=cfg.search_params,
+            db_name=cfg.db_name,
+        )
+
+    # ---- stages --------------------------------------------------------------------------
+    def load_corpus(self) -> pd.DataFrame:
+        """Read the corpus file, build texts and ids, save ``corpus.parquet``."""
+        from engine.corpus import load_corpus
+
+        cfg = self.config
+        if cfg.corpus is None:
+            return self.frame
+        with self._stage("corpus"):
+            corpus = load_corpus(
+                cfg.corpus,
+                text_template=cfg.text_template,
+                text_column=cfg.text_column,
+                id_column=cfg.id_column,
+                empty=cfg.empty,
+                duplicates=cfg.duplicates,
+                fmt=cfg.format,
+                encoding=cfg.encoding,
+                column_names=cfg.columns,
+                limit=cfg.limit,
+            )
+            self.paths.root.mkdir(parents=True, exist_ok=True)
+            frame = corpus.frame
+            # Parquet needs one type per column: source columns of mixed types are kept as text.
+            for column in frame.columns:
+                if frame[column].dtype == object and column != "text":
+                    frame[column] = frame[column].map(lambda v: None if v is None or v != v else str(v))
+            frame.to_parquet(self.paths.corpus, index=False)
+            self.paths.corpus_stats.write_text(json.dumps(corpus.stats, indent=2))
+            self.config.save(self.paths.config)
+        self.frame_ = frame
+        self.corpus_stats_ = corpus.stats
+        log.info(
+            "corpus: %d documents (%d rows read, %d empty texts %s, %d duplicate texts %s)",
+            corpus.stats["documents"],
+            corpus.stats["rows_read"],
+            corpus.stats["empty_texts"],
+            "dropped" if cfg.empty == "drop" else "",
+            corpus.stats["duplicate_texts"],
+            "dropped" if cfg.duplicates == "drop" else "kept",
+        )
+        return frame
+
+    def embed(self):
+        """Embed every document into ``embeddings.npy`` and Milvus, resuming what is already stored."""
+        from engine.embed import load_encoder
+        from engine.ingest import ingest
+
+        cfg = self.config
+        frame = self.frame
+        meta = self._embeddings_meta()
+        with self._stage("embed"):
+            encoder = load_encoder(
+                cfg.model,
+                device=cfg.device,
+                precision=cfg.precision,
+                max_length=cfg.max_length,
+                batch_size=cfg.batch_size,
+            )
+            if meta and not cfg.restart and meta.get("model") != encoder.name:
+                raise EngineError(
+                    f"{self.paths.embeddings} holds vectors of model {meta.get('model')!r}, not {encoder.name!r}: "
+                    "add --restart to re-embed, or use another --out"
+                )
+            self.paths.embeddings_meta.write_text(
+                json.dumps({"model": encoder.name, "dim": encoder.dim, "n": len(frame), "complete": False})
+            )
+            with self.open_store(dim=encoder.dim) as store:
+                result = ingest(
+                    frame,
+                    encoder,
+                    store,
+                    self.paths.embeddings,
+                    restart=cfg.restart,
+                    progress=self.progress,
+                )
+            self.paths.embeddings_meta.write_text(
+                json.dumps({"model": encoder.name, "dim": encoder.dim, "n": len(frame), "complete": True})
+            )
+        self.ingest_ = result
+        self.details_["model"] = f"{encoder.name} ({encoder.dim}-d, {encoder.device})"
+        return result
+
+    def build_graph(self):
+        """The k-nearest-neighbour graph (CSR, true Euclidean distances) from Milvus or exact search."""
+        from engine.graph import build_knn_graph, exact_knn
+
+        cfg = self.config
+        vectors = self.vectors()
+        if cfg.k >= len(vectors):
+            raise EngineError(f"--k ({cfg.k}) must be smaller than the number of documents ({len(vectors)})")
+        with self._stage("graph"):
+            if cfg.graph_source == "exact":
+                graph = exact_knn(vectors, cfg.k)
+                self.details_["graph"] = f"exact k={cfg.k}"
+            else:
+                ids = self.frame["id"].to_numpy(dtype=np.int64)
+                with self.open_store(dim=vectors.shape[1]) as store:
+                    graph = build_knn_graph(
+                        store,
+                        vectors,
+                        ids,
+                        k=cfg.k,
+                        workers=cfg.workers,
+                        batch_size=cfg.search_batch,
+                        progress=self.progress,
+                    )
+                self.details_["graph"] = f"milvus {self.details_.get('index', '')} k={cfg.k}"
+            graph.save(self.paths.root)
+        self.graph_ = graph
+        return graph
+
+    def _graph(self):
+        if self.graph_ is None:
+            from engine.graph import KnnGraph
+
+            self._require(self.paths.knn_graph, "graph")
+            self.graph_ = KnnGraph.load(self.paths.root)
+        return self.graph_
+
+    def cluster(self):
+        """HDBSCAN on the kNN graph (cuML on raw vectors when chosen)."""
+        from engine.cluster import cluster_graph
+
+        cfg = self.config
+        graph = self._graph()
+        with self._stage("cluster"):
+            result = cluster_graph(
+                graph,
+                min_cluster_size=cfg.min_cluster_size,
+                min_samples=cfg.min_samples,
+                cluster_selection_method=cfg.cluster_selection_method,
+                cluster_selection_epsilon=cfg.cluster_selection_epsilon,
+                backend=cfg.cluster_backend,
+                vectors=self.vectors() if cfg.cluster_backend != "cpu" else None,
+            )
+            np.savez(
+                self.paths.clusters_npz,
+                labels=result.labels,
+                probabilities=result.probabilities,
+                outlier_scores=result.outlier_scores,
+            )
+        self.clusters_ = result
+        self.details_["cluster"] = f"HDBSCAN ({result.backend})"
+        return result
+
+    def _clusters(self) -> dict[str, np.ndarray]:
+        if self.clusters_ is not None:
+            r = self.clusters_
+            return {"labels": r.labels, "probabilities": r.probabilities, "outlier_scores": r.outlier_scores}
+        with np.load(self._require(self.paths.clusters_npz, "cluster")) as data:
+            return {key: data[key] for key in data.files}
+
+    def project(self) -> np.ndarray:
+        """2-D UMAP coordinates computed from the same kNN graph (no second neighbour search)."""
+        from engine.project import project_2d
+
+        cfg = self.config
+        graph = self._graph()
+        with self._stage("map"):
+            coords = project_2d(
+                graph,
+                n_neighbors=min(cfg.n_neighbors, graph.indices.shape[1]),
+                min_dist=cfg.min_dist,
+                random_state=cfg.seed,
+                backend=cfg.map_backend,
+                vectors=self.vectors() if cfg.map_backend != "cpu" else None,
+            )
+            np.save(self.paths.coords, coords)
+        self.coords_ = coords
+        return coords
+
+    def report(self):
+        """labels.parquet, clusters.json, report.html, map.html and map.png."""
+        from engine.project import write_map
+        from engine.report import build_report
+
+        cfg = self.config
+        frame = self.frame
+        clusters = self._clusters()
+        coords = (
+            self.coords_ if self.coords_ is not None else np.load(self._require(self.paths.coords, "map"))
+        )
+        if len(clusters["labels"]) != len(frame) or len(coords) != len(frame):
+            raise EngineError(
+                "saved clusters/map do not match the corpus size: re-run `engine graph`, `cluster` and `map`"
+            )
+        with self._stage("report"):
+            labels = pd.DataFrame(
+                {
+                    "id": frame["id"].to_numpy(),
+                    "text": frame["text"].to_numpy(),
+                    "cluster": clusters["labels"].astype(np.int64),
+                    "probability": clusters["probabilities"].astype(np.float32),
+                    "outlier_score": clusters["outlier_scores"].astype(np.float32),
+                    "x": coords[:, 0].astype(np.float32),
+                    "y": coords[:, 1].astype(np.float32),
+                }
+            )
+            labels.to_parquet(self.paths.labels, index=False)
+            report = build_report(
+                labels,
+                n_keywords=cfg.n_keywords,
+                n_representatives=cfg.n_representatives,
+                vectors=self.vectors(),
+            )
+            report.write(self.paths.root)
+            write_map(labels, self.paths.map_html, self.paths.map_png, report=report)
+        self.labels_ = labels
+        self.report_ = report
+        return report
+
+    # ---- whole run -----------------------------------------------------------------------
+    def run(self) -> RunSummary:
+        """Every stage in order; returns (and saves) the summary."""
+        self.config.validate()
+        self.load_corpus()
+        self.embed()
+        self.build_graph()
+        self.cluster()
+        self.project()
+        self.report()
+        return self.summary()
+
+    def summary(self) -> RunSummary:
+        labels = self.labels_ if self.labels_ is not None else pd.read_parquet(self.paths.labels)
+        cluster_ids = labels["cluster"].to_numpy()
+        summary = RunSummary(
+            documents=len(labels),
+            clusters=int(len(np.unique(cluster_ids[cluster_ids >= 0]))),
+            noise=int((cluster_ids < 0).sum()),
+            stage_seconds=dict(self.timings_),
+            details=dict(self.details_),
+        )
+        stats = self.corpus_stats_
+        if stats:
+            summary.details["corpus"] = (
+                f"{stats.get('rows_read')} rows read; {stats.get('empty_texts')} empty texts "
+                f"({'dropped' if stats.get('empty_policy') == 'drop' else 'error'}); "
+                f"{stats.get('duplicate_texts')} duplicate texts ({stats.get('duplicate_policy')})"
+            )
+        if self.ingest_ is not None:
+            r = self.ingest_
+            summary.details["ingest"] = (
+                f"{r.n_embedded} embedded, {r.n_existing} already stored, {r.docs_per_s:.1f} docs/s"
+            )
+        summary.details["milvus"] = _mask_uri(self.config.resolved_milvus_uri)
+        for name in (
+            "map_html",
+            "map_png",
+            "report_html",
+            "labels",
+            "clusters_json",
+            "knn_graph",
+            "embeddings",
+        ):
+            path = getattr(self.paths, name)
+            if path.exists():
+                summary.outputs[path.name] = str(path)
+        self.paths.summary.write_text(json.dumps(summary.to_dict(), indent=2))
+        summary.outputs["summary"] = str(self.paths.summary)
+        return summary
+
+
+def _mask_uri(uri: str) -> str:
+    """Never print credentials that a user may have put into the URI itself."""
+    if "@" in uri and "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        return f"{scheme}://***@{rest.split('@', 1)[1]}"
+    return uri

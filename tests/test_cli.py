@@ -1,0 +1,133 @@
+"""The command line end to end: bad input exits 2 with one line; `engine run` on the 870 tutorial
+headlines (real MiniLM model, real Milvus Lite) writes every output; stage commands re-run on saved outputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import scipy.sparse as sp
+
+ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
+
+
+def engine(*args: str, timeout: int = 900) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "engine", *args],
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=timeout,
+    )
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> None:
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.startswith("error: ")]
+    assert len(lines) == 1, proc.stderr
+    for needle in needles:
+        assert needle in lines[0], lines[0]
+
+
+@pytest.mark.parametrize(
+    ("args", "needles"),
+    [
+        (["run", "does_not_exist.csv"], ["corpus file not found", "does_not_exist.csv"]),
+        (["run", "{news}", "--text-column", "body"], ["--text-column 'body'", "title"]),
+        (["run", "{news}", "--index-params", "{M:"], ["--index-params is not valid JSON"]),
+        (["run", "{news}", "--min-samples", "50", "--k", "10"], ["--min-samples (50) must not exceed --k (10)"]),
+        (["cluster", "--out", "{tmp}/never_ran"], ["knn_graph.npz not found", "engine graph"]),
+        (["run", "{latin}"], ["cannot decode byte", "--encoding"]),
+        (["run", "{empty}"], ["zero usable rows"]),
+    ],
+)
+def test_bad_input_is_one_clear_line(tmp_path, shared_data_dir, args, needles):
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("title,description\nCaf\xe9,x\n".encode("latin-1"))
+    empty = tmp_path / "empty.csv"
+    empty.write_text("title,description\n,\n")
+    news = os.path.join(shared_data_dir, "news_headlines_2024", "news_data_dedup.csv")
+    args = [a.format(news=news, tmp=tmp_path, latin=latin, empty=empty) for a in args]
+    if "--out" not in args:
+        args += ["--out", str(tmp_path / "out")]
+    assert_one_line_error(engine(*args), *needles)
+
+
+def test_missing_bge_m3_weights_is_a_clear_stop(tmp_path, shared_data_dir):
+    news = os.path.join(shared_data_dir, "news_headlines_2024", "news_data_dedup.csv")
+    proc = engine("run", news, "--out", str(tmp_path / "o"), "--limit", "20")
+    assert_one_line_error(proc, "BAAI/bge-m3")
+    assert "all-MiniLM-L6-v2" in proc.stderr  # says which smaller model works offline
+    assert not (tmp_path / "o" / "labels.parquet").exists()
+
+
+@pytest.fixture(scope="module")
+def news_run(tmp_path_factory, shared_data_dir) -> tuple[Path, subprocess.CompletedProcess]:
+    out = tmp_path_factory.mktemp("news_run")
+    news = os.path.join(shared_data_dir, "news_headlines_2024", "news_data_dedup.csv")
+    proc = engine("run", news, "--out", str(out), "--model", "all-MiniLM-L6-v2", "--quiet")
+    return out, proc
+
+
+def test_end_to_end_on_tutorial_headlines(news_run):
+    out, proc = news_run
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    for name in [
+        "map.html",
+        "map.png",
+        "labels.parquet",
+        "clusters.json",
+        "report.html",
+        "knn_graph.npz",
+        "embeddings.npy",
+        "summary.json",
+        "run.toml",
+    ]:
+        assert (out / name).stat().st_size > 0, name
+    labels = pd.read_parquet(out / "labels.parquet")
+    assert len(labels) == 870
+    assert list(labels.columns)[:7] == ["id", "text", "cluster", "probability", "outlier_score", "x", "y"]
+    assert labels["id"].is_unique
+    assert labels["probability"].between(0, 1).all()
+    assert np.isfinite(labels[["x", "y"]].to_numpy()).all()
+    n_clusters = labels.loc[labels.cluster >= 0, "cluster"].nunique()
+    assert n_clusters >= 5  # 870 headlines of many topics
+    assert 0 < (labels.cluster < 0).mean() < 0.8
+
+    graph = sp.load_npz(out / "knn_graph.npz")
+    assert graph.shape == (870, 870)
+    assert graph.nnz <= 870 * 30  # O(N k), self excluded
+    assert (graph.diagonal() == 0).all()
+
+    clusters = json.loads((out / "clusters.json").read_text())
+    assert isinstance(clusters, dict)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["documents"] == 870 and summary["clusters"] == n_clusters
+    assert "== engine summary ==" in proc.stdout and "map.html" in proc.stdout
+
+    html = (out / "map.html").read_text()
+    assert "<script>alert" not in html
+    assert (out / "map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_stage_rerun_on_saved_outputs(news_run):
+    out, proc = news_run
+    assert proc.returncode == 0
+    before = pd.read_parquet(out / "labels.parquet")
+    rerun = engine("cluster", "--out", str(out), "--min-cluster-size", "15", "--quiet")
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    report = engine("report", "--out", str(out), "--quiet")
+    assert report.returncode == 0, report.stderr[-2000:]
+    after = pd.read_parquet(out / "labels.parquet")
+    assert len(after) == 870
+    assert after.loc[after.cluster >= 0, "cluster"].nunique() <= before.loc[before.cluster >= 0, "cluster"].nunique()
+    # re-running embed on a finished run resumes: nothing is embedded twice
+    again = engine("embed", "--out", str(out), "--quiet")
+    assert again.returncode == 0, again.stderr[-2000:]
