@@ -212,6 +212,9 @@ def _setup_logging(quiet: bool) -> None:
         "transformers",
     ):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # Milvus Lite's in-process gRPC server logs a traceback for RPCs it does not implement
+    # (pymilvus 3 probes AllocTimestamp); the client handles that, so the trace is noise.
+    logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
 
 
 def _run_stage(args: argparse.Namespace) -> int:

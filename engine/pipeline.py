@@ -99,7 +99,7 @@ class RunSummary:
         if self.outputs:
             lines.append("outputs")
             for name, path in self.outputs.items():
-                lines.append(f"  {name:<11} {path}")
+                lines.append(f"  {name:<15} {path}")
         return "\n".join(lines)
 
 
@@ -406,7 +406,15 @@ class Pipeline:
                 vectors=self.vectors(),
             )
             report.write(self.paths.root)
-            write_map(labels, self.paths.map_html, self.paths.map_png, report=report)
+            source = Path(self.config.corpus).name if self.config.corpus else self.paths.root.name
+            title = f"Document map: {source}"
+            write_map(
+                labels,
+                self.paths.map_html,
+                self.paths.map_png,
+                title=title,
+                keywords=report.keywords_by_cluster(),
+            )
         self.labels_ = labels
         self.report_ = report
         return report

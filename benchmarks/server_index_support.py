@@ -1,0 +1,198 @@
+"""Which index types does a Milvus server accept? Build each one for real and search it.
+
+Why: Milvus Lite, the pip `milvus` standalone server and a Docker/GPU server all accept different
+index types, and some fail late (DISKANN ``create_index`` on the 2.3.5 wheel never returns). This
+builds every candidate on a small clustered collection, each in a thread with a timeout so a hang
+is recorded instead of blocking, and writes benchmarks/results/server_index_support.json.
+
+    python benchmarks/server_index_support.py                 # starts a local server (PyPI `milvus`)
+    python benchmarks/server_index_support.py --uri http://host:19530 [--token-env MILVUS_TOKEN]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+CANDIDATES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
+    ("FLAT", {}, {}),
+    ("IVF_FLAT", {"nlist": 64}, {"nprobe": 16}),
+    ("IVF_SQ8", {"nlist": 64}, {"nprobe": 16}),
+    ("IVF_PQ", {"nlist": 64, "m": 16, "nbits": 8}, {"nprobe": 16}),
+    ("HNSW", {"M": 16, "efConstruction": 100}, {"ef": 64}),
+    ("SCANN", {"nlist": 64}, {"nprobe": 16, "reorder_k": 64}),
+    ("AUTOINDEX", {}, {}),
+    ("GPU_BRUTE_FORCE", {}, {}),
+    ("GPU_IVF_FLAT", {"nlist": 64}, {"nprobe": 16}),
+    ("GPU_CAGRA", {"intermediate_graph_degree": 64, "graph_degree": 32}, {"itopk_size": 64}),
+    # last: on the 2.3.5 wheel its build loops forever inside the server
+    ("DISKANN", {}, {"search_list": 64}),
+]
+
+
+def clustered(n: int, dim: int, centers: int = 20, seed: int = 0) -> np.ndarray:
+    """Unit vectors around random centres (uniform random vectors make every ANN index look bad)."""
+    rng = np.random.default_rng(seed)
+    c = rng.standard_normal((centers, dim)).astype(np.float32)
+    x = c[rng.integers(0, centers, n)] + 0.35 * rng.standard_normal((n, dim)).astype(np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def run_with_timeout(fn: Any, timeout: float) -> tuple[str, Any]:
+    """('ok', value) | ('error', message) | ('timeout', None); the thread is abandoned on timeout."""
+    box: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except Exception as exc:  # noqa: BLE001 -- we record every refusal
+            box["error"] = f"{type(exc).__name__}: {exc}"
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout)
+    if thread.is_alive():
+        return "timeout", None
+    if "error" in box:
+        return "error", box["error"][:300]
+    return "ok", box.get("value")
+
+
+def probe(
+    uri: str, token: str | None, n: int, dim: int, k: int, timeout: float, on_hang: Any = None
+) -> dict[str, Any]:
+    """Build and search every candidate; ``on_hang()`` (restart our own server) returns a new client."""
+    from pymilvus import DataType, MilvusClient
+
+    client = MilvusClient(uri=uri, token=token or "")
+    vectors = clustered(n, dim)
+    queries = vectors[:50]
+    truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :k]
+    out: dict[str, Any] = {"server_version": client.get_server_version(), "indexes": {}}
+    for index_type, params, search_params in CANDIDATES:
+        name = f"probe_{index_type.lower()}"
+        if client.has_collection(name):
+            client.drop_collection(name)
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        schema.add_field("id", DataType.INT64, is_primary=True)
+        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+        client.create_collection(name, schema=schema)
+        client.insert(name, [{"id": i, "vector": vectors[i].tolist()} for i in range(n)])
+        client.flush(name)
+        entry: dict[str, Any] = {"params": params}
+
+        def build(
+            name: str = name,
+            index_type: str = index_type,
+            params: dict[str, Any] = params,
+            client: Any = client,
+        ) -> None:
+            ip = client.prepare_index_params()
+            ip.add_index(field_name="vector", index_type=index_type, metric_type="COSINE", params=params)
+            client.create_index(name, ip)
+            client.load_collection(name)
+
+        t0 = time.perf_counter()
+        status, value = run_with_timeout(build, timeout)
+        entry["build_s"] = round(time.perf_counter() - t0, 2)
+        if status == "ok":
+
+            def search(name: str = name, sp: dict[str, Any] = search_params, client: Any = client) -> Any:
+                return client.search(
+                    name,
+                    queries.tolist(),
+                    limit=k,
+                    search_params={"metric_type": "COSINE", "params": sp},
+                    output_fields=[],
+                )
+
+            status, value = run_with_timeout(search, timeout)
+            if status == "ok":
+                got = np.array([[h["id"] for h in hits] for hits in value])
+                entry["recall_at_k"] = round(
+                    float(np.mean([len(set(a) & set(b)) / k for a, b in zip(got, truth, strict=True)])), 4
+                )
+        entry["status"] = {"ok": "accepted", "error": "refused", "timeout": "hangs"}[status]
+        if status != "ok":
+            entry["detail"] = value if status == "error" else f"no answer within {timeout:.0f} s"
+        out["indexes"][index_type] = entry
+        print(index_type, entry, flush=True)
+        # dropping the collection cancels a build that loops forever inside the server
+        dropped, _ = run_with_timeout(lambda name=name, client=client: client.drop_collection(name), 60)
+        if status == "timeout" and dropped != "ok":
+            if on_hang is None:
+                break  # a remote server stuck on a build: later answers would be meaningless
+            client = on_hang()
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--uri", default=None, help="a running server; default: start the local `milvus` package server"
+    )
+    parser.add_argument("--token-env", default="MILVUS_TOKEN", help="name of the env var holding the token")
+    parser.add_argument("--n", type=int, default=3000)
+    parser.add_argument("--dim", type=int, default=128)
+    parser.add_argument("--k", type=int, default=10)
+    parser.add_argument("--timeout", type=float, default=90.0, help="seconds per index build/search")
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "server_index_support.json"))
+    args = parser.parse_args(argv)
+    token = os.environ.get(args.token_env)
+    server = None
+    started = time.perf_counter()
+    if args.uri is None:
+        from engine.server import LocalMilvusServer, milvus_server_version
+
+        tmp = tempfile.mkdtemp(prefix="milvus-probe-")
+        server = LocalMilvusServer(tmp, port=0).start()
+        uri, backend = server.uri, f"pip milvus {milvus_server_version()} (local standalone)"
+    else:
+        uri, backend = args.uri, "remote"
+    try:
+        on_hang = None
+        if server is not None:
+
+            def on_hang() -> Any:
+                from pymilvus import MilvusClient
+
+                server.restart()
+                return MilvusClient(uri=server.uri)
+
+        result = probe(uri, token, args.n, args.dim, args.k, args.timeout, on_hang)
+    finally:
+        if server is not None:
+            server.stop()  # also ends a DISKANN busy loop
+    import pymilvus
+
+    result.update(
+        backend=backend,
+        pymilvus=pymilvus.__version__,
+        metric="COSINE",
+        n=args.n,
+        dim=args.dim,
+        k=args.k,
+        data="clustered unit vectors (20 centres)",
+        machine=f"{platform.machine()}, {os.cpu_count()} cpus",
+        accepted=[k for k, v in result["indexes"].items() if v["status"] == "accepted"],
+        refused=[k for k, v in result["indexes"].items() if v["status"] == "refused"],
+        hangs=[k for k, v in result["indexes"].items() if v["status"] == "hangs"],
+        total_s=round(time.perf_counter() - started, 1),
+    )
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps({k: result[k] for k in ("server_version", "accepted", "refused", "hangs")}))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,153 @@
+"""MST -> single linkage -> condensed tree -> EOM/leaf selection (+ epsilon), probabilities, GLOSH.
+
+The hierarchy steps reuse fast_hdbscan's numba functions (``fast_hdbscan.cluster_trees``), which
+``tests/test_cluster_tree.py`` checks against the ``hdbscan`` library on the same MST. Membership
+probabilities and GLOSH outlier scores are computed here, following ``hdbscan``'s definitions,
+except that infinite lambdas (zero mutual-reachability distance: duplicate documents) are left
+out of each cluster's "death" lambda so that one pair of duplicates does not push every other
+member of its cluster to probability 0 / outlier score 1 (``hdbscan`` would give inf/inf = NaN).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numba
+import numpy as np
+from fast_hdbscan import cluster_trees as ct
+
+
+@dataclass(frozen=True)
+class CondensedTree:
+    """hdbscan's condensed tree as parallel arrays; points are 0..N-1, clusters N.. (root = N)."""
+
+    parent: np.ndarray
+    child: np.ndarray
+    lambda_val: np.ndarray
+    child_size: np.ndarray
+
+
+@dataclass(frozen=True)
+class Hierarchy:
+    labels: np.ndarray
+    probabilities: np.ndarray
+    outlier_scores: np.ndarray
+    condensed_tree: CondensedTree
+    selected: np.ndarray
+
+
+@numba.njit(cache=True)
+def _finite_deaths(parent, lambda_val, n_nodes):
+    """Per cluster: the largest finite lambda among its direct children rows (0 if none)."""
+    deaths = np.zeros(n_nodes, dtype=np.float64)
+    for r in range(parent.shape[0]):
+        lam = lambda_val[r]
+        if np.isfinite(lam) and lam > deaths[parent[r]]:
+            deaths[parent[r]] = lam
+    return deaths
+
+
+@numba.njit(cache=True)
+def glosh_scores(parent, child, lambda_val, n_points):
+    """GLOSH: 1 - lambda_point / lambda_max(subtree of the point's cluster), in [0, 1]."""
+    if parent.shape[0] == 0:
+        return np.zeros(n_points, dtype=np.float32)
+    n_nodes = max(parent.max(), child.max()) + 1
+    deaths = _finite_deaths(parent, lambda_val, n_nodes)
+    # Child clusters always carry larger ids than their parent (BFS numbering): a descending
+    # sweep over cluster rows propagates subtree maxima bottom-up.
+    order = np.argsort(child)[::-1]
+    for r in order:
+        c = child[r]
+        if c < n_points:
+            break
+        if deaths[c] > deaths[parent[r]]:
+            deaths[parent[r]] = deaths[c]
+    out = np.zeros(n_points, dtype=np.float32)
+    for r in range(parent.shape[0]):
+        p = child[r]
+        if p >= n_points:
+            continue
+        lam_max = deaths[parent[r]]
+        lam = lambda_val[r]
+        if lam_max == 0.0 or not np.isfinite(lam):
+            out[p] = 0.0
+        else:
+            out[p] = min(max((lam_max - lam) / lam_max, 0.0), 1.0)
+    return out
+
+
+@numba.njit(cache=True)
+def membership_probabilities(parent, child, lambda_val, labels, selected_sorted, n_points):
+    """hdbscan's probability: min(lambda_point, lambda_max(cluster)) / lambda_max(cluster)."""
+    out = np.zeros(n_points, dtype=np.float32)
+    if parent.shape[0] == 0:
+        return out
+    n_nodes = max(parent.max(), child.max()) + 1
+    deaths = _finite_deaths(parent, lambda_val, n_nodes)
+    for r in range(parent.shape[0]):
+        p = child[r]
+        if p >= n_points or labels[p] < 0:
+            continue
+        lam_max = deaths[selected_sorted[labels[p]]]
+        lam = lambda_val[r]
+        if lam_max == 0.0 or not np.isfinite(lam):
+            out[p] = 1.0
+        else:
+            out[p] = min(lam, lam_max) / lam_max
+    return out
+
+
+def _select(mst, min_cluster_size, method, epsilon, allow_single_cluster):
+    """fast_hdbscan's ``clusters_from_spanning_tree`` body, kept here to get the selected node ids."""
+    n_points = mst.shape[0] + 1
+    # stable sort by weight only, as hdbscan does: equal weights merge in the MST's own order
+    sorted_mst = mst[np.argsort(mst[:, 2], kind="stable")]
+    linkage = ct.mst_to_linkage_tree(sorted_mst)
+    condensed = ct.condense_tree(linkage, min_cluster_size=min_cluster_size)
+    cluster_tree = ct.cluster_tree_from_condensed_tree(condensed)
+    if method == "eom":
+        selected = ct.extract_eom_clusters(
+            condensed, cluster_tree, max_cluster_size=np.inf, allow_single_cluster=allow_single_cluster
+        )
+    elif cluster_tree.parent.shape[0] == 0:
+        selected = np.empty(0, dtype=np.int64)
+    else:
+        selected = ct.cluster_tree_leaves(cluster_tree, n_points)
+    if len(selected) > 1 and epsilon > 0.0:
+        selected = ct.cluster_epsilon_search(selected, cluster_tree, min_epsilon=epsilon)
+    selected = np.asarray(selected, dtype=np.int64)
+    labels = ct.get_cluster_label_vector(condensed, selected, epsilon, n_samples=n_points)
+    return np.asarray(labels, dtype=np.int64), np.sort(selected), condensed
+
+
+def hierarchy_from_mst(
+    mst: np.ndarray,
+    min_cluster_size: int,
+    cluster_selection_method: str = "eom",
+    cluster_selection_epsilon: float = 0.0,
+    allow_single_cluster: bool = False,
+) -> Hierarchy:
+    """Everything after the MST: labels (-1 noise), probabilities, GLOSH scores, the condensed tree."""
+    n_points = mst.shape[0] + 1
+    if n_points < 2:
+        zeros = np.zeros(n_points, dtype=np.float32)
+        empty = np.zeros(0, dtype=np.int64)
+        tree = CondensedTree(empty, empty, np.zeros(0), empty)
+        return Hierarchy(np.full(n_points, -1, dtype=np.int64), zeros, zeros, tree, empty)
+    labels, selected, ctree = _select(
+        mst,
+        int(min_cluster_size),
+        cluster_selection_method,
+        float(cluster_selection_epsilon),
+        allow_single_cluster,
+    )
+    tree = CondensedTree(
+        np.asarray(ctree.parent, dtype=np.int64),
+        np.asarray(ctree.child, dtype=np.int64),
+        np.asarray(ctree.lambda_val, dtype=np.float64),
+        np.asarray(ctree.child_size, dtype=np.int64),
+    )
+    probs = membership_probabilities(tree.parent, tree.child, tree.lambda_val, labels, selected, n_points)
+    scores = glosh_scores(tree.parent, tree.child, tree.lambda_val, n_points)
+    return Hierarchy(labels, probs, scores, tree, selected)

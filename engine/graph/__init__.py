@@ -1,0 +1,12 @@
+"""kNN graph stage: a CSR graph of true Euclidean distances between corpus positions.
+
+Sources: Milvus (``build_knn_graph``, approximate or FLAT) and blocked brute force
+(``exact_knn``, the ground truth and ``--graph exact``). Both return a :class:`KnnGraph`.
+"""
+
+from engine.graph.distances import to_euclidean
+from engine.graph.exact import exact_knn
+from engine.graph.knn import KnnGraph
+from engine.graph.milvus_knn import build_knn_graph, suggest_search_shape
+
+__all__ = ["KnnGraph", "build_knn_graph", "exact_knn", "suggest_search_shape", "to_euclidean"]

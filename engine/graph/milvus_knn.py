@@ -1,0 +1,174 @@
+"""kNN graph from Milvus: parallel batched searches, self removed by id, O(N*k) memory.
+
+Why this shape: a request carries hundreds of query vectors (round trips dominate with
+small batches), several requests are in flight (a server parallelises them), ``limit=k+1``
+leaves room for the query itself, which is removed *by id* because approximate indexes do
+not always return it first. Query vectors come from the caller's (memory-mapped) array in
+corpus order, never from Milvus. Distances are recomputed from those float32 vectors for
+the returned candidates (``rerank=True``): exact zeros for duplicates and no quantisation
+error from IVF_SQ8 / HNSW_SQ scores.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from engine.errors import EngineError
+from engine.graph.distances import pairwise_euclidean, to_euclidean
+from engine.graph.knn import KnnGraph
+
+log = logging.getLogger(__name__)
+
+
+def suggest_search_shape(store: Any) -> dict[str, int]:
+    """Request size and worker count that measured fastest per backend (benchmarks/bench_graph.py).
+
+    Milvus Lite runs its gRPC server in *this* process under the GIL: extra threads only add
+    contention, so 1 worker with large requests. A server parallelises requests: 4 workers.
+    """
+    if getattr(store, "is_lite", False):
+        return {"workers": 1, "batch_size": 512}
+    return {"workers": 4, "batch_size": 256}
+
+
+def map_ids_to_positions(hit_ids: np.ndarray, sorted_ids: np.ndarray, order: np.ndarray) -> np.ndarray:
+    """Milvus ids -> corpus positions (int64), -1 for ids not in the corpus or missing (-1) hits."""
+    n = sorted_ids.shape[0]
+    pos = np.searchsorted(sorted_ids, hit_ids)
+    pos_c = np.minimum(pos, max(n - 1, 0))
+    found = (pos < n) & (sorted_ids[pos_c] == hit_ids) & (hit_ids >= 0) if n else np.zeros_like(hit_ids, bool)
+    out = np.where(found, order[pos_c], -1)
+    return out.astype(np.int64)
+
+
+def _finish_rows(
+    cand: np.ndarray, dist: np.ndarray, self_pos: np.ndarray, k: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Drop self and unknown candidates, sort each row by (distance, position), keep k."""
+    bad = (cand < 0) | (cand == self_pos[:, None]) | ~np.isfinite(dist)
+    dist = np.where(bad, np.inf, dist).astype(np.float32)
+    cand = np.where(bad, -1, cand)
+    # Stable two-key sort: by position first, then stably by distance (ties -> lower position).
+    o1 = np.argsort(cand, axis=1, kind="stable")
+    cand = np.take_along_axis(cand, o1, axis=1)
+    dist = np.take_along_axis(dist, o1, axis=1)
+    o2 = np.argsort(dist, axis=1, kind="stable")
+    cand = np.take_along_axis(cand, o2, axis=1)[:, :k]
+    dist = np.take_along_axis(dist, o2, axis=1)[:, :k]
+    if cand.shape[1] < k:
+        pad = k - cand.shape[1]
+        cand = np.pad(cand, ((0, 0), (0, pad)), constant_values=-1)
+        dist = np.pad(dist, ((0, 0), (0, pad)), constant_values=np.inf)
+    cand[~np.isfinite(dist)] = -1
+    return cand.astype(np.int32), dist
+
+
+def build_knn_graph(
+    store: Any,
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    k: int = 30,
+    workers: int | None = 4,
+    batch_size: int | None = 256,
+    progress: bool = True,
+    search_params: dict[str, Any] | None = None,
+    rerank: bool = True,
+    rows: np.ndarray | None = None,
+) -> KnnGraph:
+    """The k nearest neighbours of every position, searched in ``store`` (a ``MilvusStore``).
+
+    ``vectors`` (N, dim) float32 in corpus order (a memmap is fine), ``ids`` (N,) the Milvus
+    primary keys of those rows. ``workers``/``batch_size`` = None take
+    :func:`suggest_search_shape`. ``rerank`` recomputes distances from ``vectors``;
+    with ``rerank=False`` they are converted from Milvus scores by ``to_euclidean``.
+    ``rows``: search only these positions (a recall sample); the graph then has len(rows) rows.
+    """
+    if k < 1:
+        raise EngineError(f"k must be >= 1, got {k} (parameter k)")
+    ids = np.asarray(ids, dtype=np.int64).reshape(-1)
+    n = int(ids.shape[0])
+    if vectors.ndim != 2 or vectors.shape[0] != n:
+        raise EngineError(
+            f"build_knn_graph: {n} ids but vectors of shape {vectors.shape} (parameter vectors)"
+        )
+    if n < 2:
+        raise EngineError(f"build_knn_graph: need at least 2 documents, got {n}")
+    shape = suggest_search_shape(store)
+    workers = int(workers or shape["workers"])
+    batch_size = int(batch_size or shape["batch_size"])
+    if workers < 1 or batch_size < 1:
+        raise EngineError("workers and batch_size must be >= 1 (parameters workers, batch_size)")
+    order = np.argsort(ids, kind="stable")
+    sorted_ids = ids[order]
+    if n > 1 and (np.diff(sorted_ids) == 0).any():
+        dup = int(sorted_ids[np.where(np.diff(sorted_ids) == 0)[0][0]])
+        raise EngineError(f"build_knn_graph: id {dup} appears twice in ids (parameter ids)")
+    stored = store.count()
+    if stored != n:
+        log.warning("Milvus holds %d rows but %d vectors were given; unmatched hits are dropped", stored, n)
+    metric = getattr(store, "metric", "COSINE")
+    store.load()
+
+    q_rows = np.arange(n, dtype=np.int64) if rows is None else np.asarray(rows, dtype=np.int64).reshape(-1)
+    if q_rows.size and (q_rows.min() < 0 or q_rows.max() >= n):
+        raise EngineError(f"build_knn_graph: rows must be positions in 0..{n - 1} (parameter rows)")
+    m = int(q_rows.shape[0])
+    out_idx = np.full((m, k), -1, dtype=np.int32)
+    out_dist = np.full((m, k), np.inf, dtype=np.float32)
+    limit = min(k + 1, max(stored, 1))
+    contiguous = rows is None
+
+    def run(start: int) -> int:
+        stop = min(start + batch_size, m)
+        self_pos = q_rows[start:stop]
+        sel = slice(start, stop) if contiguous else self_pos
+        q = np.ascontiguousarray(vectors[sel], dtype=np.float32)
+        hit_ids, raw = store.search(q, limit=limit, search_params=search_params)
+        cand = map_ids_to_positions(hit_ids, sorted_ids, order)
+        if rerank:
+            safe = np.where(cand >= 0, cand, 0)
+            # Sorted unique gather keeps memmap reads sequential-ish.
+            uniq, inv = np.unique(safe, return_inverse=True)
+            cvec = np.asarray(vectors[uniq], dtype=np.float32)[inv.reshape(safe.shape)]
+            dist = pairwise_euclidean(q, cvec)
+            dist[cand < 0] = np.inf
+        else:
+            dist = to_euclidean(raw, metric)
+        ci, cd = _finish_rows(cand, dist, self_pos, k)
+        out_idx[start:stop] = ci
+        out_dist[start:stop] = cd
+        return stop - start
+
+    t0 = time.perf_counter()
+    starts = range(0, m, batch_size)
+    with tqdm(total=m, desc=f"kNN graph (k={k})", unit="doc", disable=not progress) as bar:
+        if workers == 1:
+            for s in starts:
+                bar.update(run(s))
+        else:
+            with ThreadPoolExecutor(max_workers=workers) as pool:
+                futures = [pool.submit(run, s) for s in starts]
+                for f in as_completed(futures):
+                    bar.update(f.result())
+    elapsed = time.perf_counter() - t0
+    meta = {
+        "source": "milvus",
+        "k": k,
+        "index_type": getattr(store, "index_type", None),
+        "index_params": getattr(store, "index_params", None),
+        "metric": metric,
+        "workers": workers,
+        "batch_size": batch_size,
+        "search_params": search_params,
+        "rerank": rerank,
+        "seconds": round(elapsed, 3),
+        "queries": m,
+        "qps": round(m / elapsed, 1) if elapsed > 0 else None,
+    }
+    return KnnGraph(out_idx, out_dist, meta)

@@ -1,0 +1,308 @@
+"""Report stage: per-cluster size, c-TF-IDF keywords and representative documents.
+
+Keywords follow BERTopic's class-based TF-IDF: the documents of each class (every cluster, and the
+noise as one more class, as BERTopic does with topic -1) are concatenated, counted with
+scikit-learn's ``CountVectorizer``, and scored
+
+    c-TF-IDF(t, c) = tf(t, c) / sum_t' tf(t', c)  *  log(1 + A / f_t)
+
+with f_t the frequency of term t over all classes and A the average number of words per class.
+
+Representative documents: within a cluster, highest HDBSCAN membership probability first; ties
+(HDBSCAN gives probability 1.0 to the whole core of a cluster) are broken by cosine similarity to
+the cluster centroid when ``vectors`` are given, else by lowest GLOSH outlier score, then position.
+Exact duplicate texts are shown once. (BERTopic ranks a sample of documents by c-TF-IDF similarity;
+membership + centroid is cheaper, deterministic and uses what HDBSCAN already measured.)
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import scipy.sparse as sp
+
+from engine.errors import EngineError
+
+REQUIRED_COLUMNS = ("id", "text", "cluster", "probability", "outlier_score")
+
+
+# --------------------------------------------------------------------------------------------------
+# c-TF-IDF
+# --------------------------------------------------------------------------------------------------
+def class_tfidf(
+    class_docs: list[str], max_features: int | None = 200_000
+) -> tuple[sp.csr_matrix, np.ndarray]:
+    """BERTopic's c-TF-IDF of one concatenated document per class -> (scores (C, V) csr, vocabulary).
+
+    Returns an empty (C, 0) matrix when no term survives (all stop words, empty texts).
+    ``max_features`` keeps the vocabulary bounded on huge corpora (the most frequent terms).
+    """
+    from sklearn.feature_extraction.text import CountVectorizer
+    from sklearn.preprocessing import normalize
+
+    vectorizer = CountVectorizer(stop_words="english", min_df=1, max_features=max_features)
+    try:
+        counts = vectorizer.fit_transform(class_docs)
+    except ValueError:  # "empty vocabulary; perhaps the documents only contain stop words"
+        return sp.csr_matrix((len(class_docs), 0), dtype=np.float64), np.array([], dtype=object)
+    counts = counts.astype(np.float64)
+    f_t = np.asarray(counts.sum(axis=0)).ravel()
+    avg_words = float(np.asarray(counts.sum(axis=1)).mean())
+    idf = np.log(1.0 + avg_words / np.maximum(f_t, 1.0))
+    tf = normalize(counts, axis=1, norm="l1", copy=True)
+    scores = sp.csr_matrix(tf @ sp.diags(idf))
+    return scores, vectorizer.get_feature_names_out()
+
+
+def top_terms(scores: sp.csr_matrix, vocab: np.ndarray, row: int, n: int) -> list[str]:
+    """The n highest-scoring terms of one class (only terms that occur in it)."""
+    if scores.shape[1] == 0 or n <= 0:
+        return []
+    r = scores.getrow(row)
+    if r.nnz == 0:
+        return []
+    order = np.lexsort((r.indices, -r.data))[:n]  # score desc, then alphabetical index for ties
+    return [str(vocab[r.indices[i]]) for i in order]
+
+
+# --------------------------------------------------------------------------------------------------
+# Representatives
+# --------------------------------------------------------------------------------------------------
+def representatives(
+    positions: np.ndarray,
+    probability: np.ndarray,
+    outlier_score: np.ndarray,
+    texts: np.ndarray,
+    n: int,
+    vectors: np.ndarray | None = None,
+) -> list[int]:
+    """Positions of up to n representative documents of one cluster (see module doc for the order)."""
+    if n <= 0 or len(positions) == 0:
+        return []
+    prob = np.nan_to_num(probability[positions].astype(np.float64), nan=0.0)
+    if vectors is not None:
+        v = np.asarray(vectors[np.sort(positions)], dtype=np.float32)
+        v = v[
+            np.argsort(np.argsort(positions))
+        ]  # back to `positions` order (sorted read is faster on memmaps)
+        centroid = v.mean(axis=0)
+        norm = float(np.linalg.norm(centroid))
+        closeness = v @ (centroid / norm) if norm > 0 else np.zeros(len(positions), np.float32)
+        tie = -closeness.astype(np.float64)
+    else:
+        tie = np.nan_to_num(outlier_score[positions].astype(np.float64), nan=np.inf)
+    order = np.lexsort((positions, tie, -prob))
+    chosen: list[int] = []
+    seen: set[str] = set()
+    for j in order:
+        text = str(texts[positions[j]])
+        key = " ".join(text.split()).lower()
+        if key in seen:
+            continue
+        seen.add(key)
+        chosen.append(int(positions[j]))
+        if len(chosen) == n:
+            break
+    return chosen
+
+
+# --------------------------------------------------------------------------------------------------
+# Report
+# --------------------------------------------------------------------------------------------------
+@dataclass
+class ClusterReport:
+    """Per-cluster summary. ``clusters``: one row per cluster, largest first."""
+
+    clusters: pd.DataFrame
+    n_documents: int
+    noise_size: int
+    noise_keywords: list[str] = field(default_factory=list)
+
+    @property
+    def n_clusters(self) -> int:
+        return len(self.clusters)
+
+    @property
+    def noise_share(self) -> float:
+        return self.noise_size / self.n_documents if self.n_documents else 0.0
+
+    def keywords_by_cluster(self) -> dict[int, list[str]]:
+        """{cluster: keywords}, e.g. for ``engine.project.write_map(keywords=...)``."""
+        return {int(r.cluster): list(r.keywords) for r in self.clusters.itertuples()}
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable summary (what ``clusters.json`` holds)."""
+        clusters = []
+        for r in self.clusters.itertuples():
+            clusters.append(
+                {
+                    "cluster": int(r.cluster),
+                    "size": int(r.size),
+                    "share": float(r.share),
+                    "mean_probability": float(r.mean_probability),
+                    "keywords": [str(k) for k in r.keywords],
+                    "representatives": [
+                        {"id": _py(d["id"]), "text": str(d["text"]), "probability": float(d["probability"])}
+                        for d in r.representatives
+                    ],
+                }
+            )
+        return {
+            "n_documents": int(self.n_documents),
+            "n_clusters": int(self.n_clusters),
+            "noise": {
+                "size": int(self.noise_size),
+                "share": float(self.noise_share),
+                "keywords": list(self.noise_keywords),
+            },
+            "clusters": clusters,
+        }
+
+    def write(self, out_dir: str | os.PathLike, title: str = "Cluster report") -> dict[str, str]:
+        """Write ``clusters.json`` and a self-contained ``report.html`` into out_dir; return their paths."""
+        out = os.fspath(out_dir)
+        os.makedirs(out, exist_ok=True)
+        json_path = os.path.join(out, "clusters.json")
+        with open(json_path, "w", encoding="utf-8") as fh:
+            json.dump(self.to_dict(), fh, ensure_ascii=False, indent=2)
+        html_path = os.path.join(out, "report.html")
+        has_map = os.path.exists(os.path.join(out, "map.html"))
+        with open(html_path, "w", encoding="utf-8") as fh:
+            fh.write(render_html(self, title=title, map_href="map.html" if has_map else None))
+        return {"json": json_path, "html": html_path}
+
+
+def _py(value: Any) -> Any:
+    """numpy scalar -> Python scalar (for JSON)."""
+    return value.item() if hasattr(value, "item") else value
+
+
+def _check_frame(frame: pd.DataFrame) -> None:
+    missing = [c for c in REQUIRED_COLUMNS if c not in frame.columns]
+    if missing:
+        raise EngineError(f"report frame: missing column(s) {', '.join(missing)}")
+
+
+def build_report(
+    frame: pd.DataFrame,
+    n_keywords: int = 10,
+    n_representatives: int = 5,
+    vectors: np.ndarray | None = None,
+    max_features: int | None = 200_000,
+) -> ClusterReport:
+    """Summarise clusters of ``frame`` (id, text, cluster, probability, outlier_score; x, y optional).
+
+    ``vectors`` (N, dim) in frame order, optional: used to break representative ties by closeness to
+    the cluster centroid. Never raises on degenerate input (no clusters, one document, texts with no
+    usable words): keywords are then empty lists.
+    """
+    _check_frame(frame)
+    if vectors is not None and len(vectors) != len(frame):
+        raise EngineError(f"vectors: {len(vectors)} rows but the frame has {len(frame)}")
+    n = len(frame)
+    labels = frame["cluster"].to_numpy(dtype=np.int64)
+    prob = frame["probability"].to_numpy(dtype=np.float64)
+    outlier = frame["outlier_score"].to_numpy(dtype=np.float64)
+    texts = frame["text"].fillna("").astype(str).to_numpy(dtype=object)
+    ids = frame["id"].to_numpy()
+
+    cluster_ids, sizes = np.unique(labels[labels >= 0], return_counts=True)
+    order = sorted(zip(cluster_ids.tolist(), sizes.tolist(), strict=True), key=lambda t: (-t[1], t[0]))
+    noise_mask = labels < 0
+    classes = [c for c, _ in order] + ([-1] if noise_mask.any() else [])
+
+    # One concatenated document per class, built from sorted positions (memory ~ corpus text once).
+    by_class = pd.Series(texts).groupby(np.where(noise_mask, -1, labels)).agg(" ".join)
+    scores, vocab = class_tfidf([by_class.get(c, "") for c in classes], max_features=max_features)
+
+    rows = []
+    pos_sorted = np.argsort(labels, kind="stable")
+    sorted_labels = labels[pos_sorted]
+    starts = np.searchsorted(sorted_labels, [c for c, _ in order], side="left")
+    ends = np.searchsorted(sorted_labels, [c for c, _ in order], side="right")
+    for row, ((c, size), lo, hi) in enumerate(zip(order, starts, ends, strict=True)):
+        members = pos_sorted[lo:hi]
+        reps = representatives(members, prob, outlier, texts, n_representatives, vectors)
+        rows.append(
+            {
+                "cluster": int(c),
+                "size": int(size),
+                "share": size / n,
+                "mean_probability": float(np.nanmean(prob[members])) if size else 0.0,
+                "keywords": top_terms(scores, vocab, row, n_keywords),
+                "representatives": [
+                    {"id": _py(ids[p]), "text": texts[p], "probability": float(prob[p])} for p in reps
+                ],
+            }
+        )
+    columns = ["cluster", "size", "share", "mean_probability", "keywords", "representatives"]
+    clusters = pd.DataFrame(rows, columns=columns)
+    noise_kw = top_terms(scores, vocab, len(classes) - 1, n_keywords) if noise_mask.any() else []
+    return ClusterReport(
+        clusters=clusters, n_documents=n, noise_size=int(noise_mask.sum()), noise_keywords=noise_kw
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# HTML
+# --------------------------------------------------------------------------------------------------
+_CSS = """
+body{font-family:system-ui,-apple-system,Segoe UI,Roboto,sans-serif;margin:2rem;color:#222;max-width:1200px}
+h1{margin-bottom:.2rem} .summary{color:#555;margin-bottom:1.5rem}
+table{border-collapse:collapse;width:100%} th,td{border-bottom:1px solid #ddd;padding:.5rem;vertical-align:top;text-align:left}
+th{background:#f4f4f4;position:sticky;top:0} td.num{text-align:right;white-space:nowrap}
+.kw span{display:inline-block;background:#eef3fb;border-radius:3px;padding:0 .3rem;margin:0 .2rem .2rem 0;font-size:.9em}
+ol{margin:0;padding-left:1.2rem} li{margin-bottom:.3rem;font-size:.92em} .p{color:#888;font-size:.85em}
+"""
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _short(text: str, limit: int = 300) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def render_html(report: ClusterReport, title: str = "Cluster report", map_href: str | None = None) -> str:
+    """A readable, self-contained HTML page (inline CSS, no scripts); every text is HTML-escaped."""
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>",
+        f"<h1>{_esc(title)}</h1>",
+        f'<div class="summary">{report.n_documents} documents &middot; {report.n_clusters} clusters &middot; '
+        f"noise {report.noise_size} ({report.noise_share:.1%})",
+    ]
+    if map_href:
+        parts.append(f' &middot; <a href="{_esc(map_href)}">open the map</a>')
+    parts.append("</div>")
+    if report.noise_keywords:
+        kws = "".join(f"<span>{_esc(k)}</span>" for k in report.noise_keywords)
+        parts.append(f'<p class="kw">Noise keywords: {kws}</p>')
+    parts.append(
+        "<table><thead><tr><th>Cluster</th><th>Size</th><th>Share</th><th>Mean prob.</th>"
+        "<th>Keywords</th><th>Representative documents</th></tr></thead><tbody>"
+    )
+    for r in report.clusters.itertuples():
+        kws = "".join(f"<span>{_esc(k)}</span>" for k in r.keywords) or "<em>none</em>"
+        reps = "".join(
+            f'<li>{_esc(_short(d["text"]))} <span class="p">(id {_esc(d["id"])}, p={d["probability"]:.2f})</span></li>'
+            for d in r.representatives
+        )
+        parts.append(
+            f'<tr id="c{int(r.cluster)}"><td class="num">{int(r.cluster)}</td><td class="num">{int(r.size)}</td>'
+            f'<td class="num">{r.share:.1%}</td><td class="num">{r.mean_probability:.2f}</td>'
+            f'<td class="kw">{kws}</td><td><ol>{reps}</ol></td></tr>'
+        )
+    if report.n_clusters == 0:
+        parts.append('<tr><td colspan="6"><em>No clusters found: every document is noise.</em></td></tr>')
+    parts.append("</tbody></table></body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,455 @@
+"""A local standalone Milvus server from the PyPI package ``milvus`` (2.3.x), without Docker.
+
+Why: Milvus Lite is a single-process FAISS wrapper; the real server is what users run past a
+million vectors. The ``milvus`` wheel bundles a real ``milvus run standalone`` binary (embedded
+etcd, local storage, rocksmq), so CI and laptops can test against the real thing.
+
+We drive the bundled binary ourselves instead of ``milvus.MilvusServer.start()`` because the
+package's own ``stop()`` SIGKILLs after one second (risking the embedded etcd) and always uses the
+pid file ``/run/milvus/standalone.pid``, which is ``flock``-ed: a second server on the same machine
+then refuses to start. Each server here gets its own ``-alias`` (so its own pid file), free ports,
+and a graceful SIGTERM stop.
+
+Usage::
+
+    with LocalMilvusServer("/tmp/milvus-data", port=19530) as server:
+        MilvusClient(uri=server.uri)
+
+or from a shell: ``python -m engine.server --data-dir DIR --port 19530`` (Ctrl+C stops it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import atexit
+import contextlib
+import logging
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from engine.errors import EngineError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PORT = 19530
+DEFAULT_HEALTH_PORT = 9091
+# Where the Milvus binary writes its pid file (falls back to /tmp/milvus when /run is read-only)
+# and its ``server_id_<pid>`` files.
+RUN_DIRS = (Path("/run/milvus"), Path("/tmp/milvus"))
+
+INSTALL_HINT = (
+    "the local Milvus server needs the PyPI package `milvus` (pip install 'milvus==2.3.5'); "
+    "or point --milvus-uri at a running Milvus server (see docker/README.md)"
+)
+
+
+def milvus_server_version() -> str | None:
+    """Version of the installed ``milvus`` server package, or None when it is not installed."""
+    try:
+        import milvus  # noqa: PLC0415
+    except ImportError:
+        return None
+    return str(getattr(milvus, "__version__", "unknown"))
+
+
+def _import_milvus() -> Any:
+    try:
+        import milvus  # noqa: PLC0415
+    except ImportError as exc:
+        raise EngineError(INSTALL_HINT) from exc
+    if not hasattr(milvus, "MilvusServerConfig"):
+        raise EngineError(
+            f"the installed `milvus` package ({milvus.__file__}) is not the server wheel; {INSTALL_HINT}"
+        )
+    return milvus
+
+
+def free_port(start: int | None = None, host: str = "127.0.0.1") -> int:
+    """A TCP port nothing listens on: ``start`` or the next free one after it, else any the OS picks."""
+    candidates = range(start, min(start + 2000, 65536)) if start else ()
+    for port in candidates:
+        if _can_bind(host, port):
+            return port
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _can_bind(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        # SO_REUSEADDR like Go's listeners: connections in TIME_WAIT after a stop must not count as "in use"
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return False
+    return True
+
+
+def _reuse_addr_config(milvus: Any) -> Any:
+    """The package's config class, probing ports with SO_REUSEADDR (as Go's listeners bind).
+
+    Without it a restart on the same port fails for ~60 s: the stopped server's closed
+    connections sit in TIME_WAIT and a plain ``bind`` reports the port as taken.
+    """
+
+    class ReuseAddrConfig(milvus.MilvusServerConfig):  # type: ignore[misc,name-defined]
+        def try_bind_port(self, port: int) -> socket.socket | None:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+                sock.listen()
+            except OSError:
+                sock.close()
+                return None
+            return sock
+
+    return ReuseAddrConfig
+
+
+def http_health(url: str, timeout: float = 2.0) -> bool:
+    """True when Milvus's ``/healthz`` endpoint answers ``OK``."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 (loopback/http by design)
+            return resp.status == 200 and "OK" in resp.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def grpc_ping(uri: str, token: str | None = None, timeout: float = 5.0) -> str | None:
+    """Connect with pymilvus and return the server version, or None when it does not answer.
+
+    The token is passed to pymilvus only; it never appears in a message we produce.
+    """
+    try:
+        from pymilvus import MilvusClient  # noqa: PLC0415
+    except ImportError:
+        return None
+    kwargs: dict[str, Any] = {"uri": uri, "timeout": timeout}
+    if token:
+        kwargs["token"] = token
+    try:
+        client = MilvusClient(**kwargs)
+    except Exception:  # noqa: BLE001 -- any failure means "not reachable yet"
+        return None
+    try:
+        return str(client.get_server_version())
+    except Exception:  # noqa: BLE001
+        return None
+    finally:
+        with contextlib.suppress(Exception):
+            client.close()
+
+
+class LocalMilvusServer:
+    """Start, health-check and stop one standalone Milvus server from the ``milvus`` package.
+
+    Parameters
+    ----------
+    data_dir:
+        Folder for the server's config, logs, etcd, rocksmq and segment data. Data persists
+        across stop/start on the same folder.
+    port:
+        gRPC port (the URI's port). ``0`` picks a free port.
+    health_port:
+        HTTP port of ``/healthz`` and metrics; ``None`` picks the first free port from 9091.
+    start_timeout:
+        Seconds to wait for health before giving up (first start ≈7 s, restart ≈5 s on 2 cores).
+
+    Attributes set by ``start()``: ``port_``, ``health_port_``, ``pid_``, ``started_s_``.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | os.PathLike[str],
+        port: int = DEFAULT_PORT,
+        health_port: int | None = None,
+        start_timeout: float = 120.0,
+        stop_timeout: float = 30.0,
+        alias: str | None = None,
+    ) -> None:
+        self.data_dir = data_dir
+        self.port = port
+        self.health_port = health_port
+        self.start_timeout = start_timeout
+        self.stop_timeout = stop_timeout
+        self.alias = alias
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._log_files: list[Any] = []
+        self.port_: int | None = None
+        self.health_port_: int | None = None
+        self.pid_: int | None = None
+        self.started_s_: float | None = None
+        self.alias_: str | None = None
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def host(self) -> str:
+        return "127.0.0.1"
+
+    @property
+    def uri(self) -> str:
+        """``http://127.0.0.1:PORT`` -- what ``MilvusClient(uri=...)`` and ``--milvus-uri`` take."""
+        if self.port_ is None:
+            raise EngineError("the Milvus server is not started: call start() first")
+        return f"http://{self.host}:{self.port_}"
+
+    @property
+    def health_url(self) -> str:
+        if self.health_port_ is None:
+            raise EngineError("the Milvus server is not started: call start() first")
+        return f"http://{self.host}:{self.health_port_}/healthz"
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    @property
+    def log_dir(self) -> Path:
+        return Path(self.data_dir).resolve() / "logs"
+
+    @property
+    def pid_file(self) -> Path | None:
+        """The pid file the binary writes for this server (None before start)."""
+        if self.alias_ is None:
+            return None
+        for run_dir in RUN_DIRS:
+            path = run_dir / f"standalone-{self.alias_}.pid"
+            if path.exists():
+                return path
+        return RUN_DIRS[0] / f"standalone-{self.alias_}.pid"
+
+    # ------------------------------------------------------------------ lifecycle
+    def start(self) -> LocalMilvusServer:
+        """Start the server and block until ``/healthz`` says OK and a gRPC call answers."""
+        if self.running:
+            return self
+        milvus = _import_milvus()
+        if not isinstance(self.port, int) or not 0 <= self.port < 65536:
+            raise EngineError(f"port must be an integer in 0..65535, got {self.port!r}")
+        base = Path(self.data_dir).expanduser().resolve()
+        try:
+            base.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise EngineError(f"cannot create the Milvus data_dir {base}: {exc}") from exc
+
+        port = self.port or free_port()
+        if not _can_bind(self.host, port):
+            raise EngineError(
+                f"port {port} is already in use: is another Milvus running there? "
+                f"Use its uri http://{self.host}:{port}, or pick another port"
+            )
+        health_port = self.health_port or free_port(DEFAULT_HEALTH_PORT)
+        if self.health_port and not _can_bind(self.host, health_port):
+            raise EngineError(f"health_port {health_port} is already in use")
+
+        config = _reuse_addr_config(milvus)(data_dir=str(base), proxy_port=port)
+        try:
+            config.resolve()  # picks free ports for etcd and the internal coordinators, writes configs/milvus.yaml
+        except RuntimeError as exc:
+            raise EngineError(f"cannot configure the Milvus server in {base}: {exc}") from exc
+        milvus._initialize_data_files(str(base))  # unpacks the bundled binary once (md5-cached)
+
+        exe = base / "bin" / "milvus"
+        etcd_config = self._write_etcd_config(base)
+        self.alias_ = self.alias or f"engine{port}"
+        env = os.environ.copy()
+        env.update(
+            {
+                "DEPLOY_MODE": "STANDALONE",
+                "METRICS_PORT": str(health_port),
+                "MILVUS_RUN_DIR": str(base / "run"),
+                "ETCD_CONFIG_PATH": str(etcd_config),
+                "LD_LIBRARY_PATH": ":".join(
+                    p for p in (str(exe.parent), os.environ.get("LD_LIBRARY_PATH", "")) if p
+                ),
+            }
+        )
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        self._close_logs()
+        stdout = open(self.log_dir / "milvus-stdout.log", "ab")  # noqa: SIM115 -- closed in stop()
+        stderr = open(self.log_dir / "milvus-stderr.log", "ab")  # noqa: SIM115
+        self._log_files = [stdout, stderr]
+        t0 = time.monotonic()
+        self._proc = subprocess.Popen(  # noqa: S603 -- the binary shipped in the milvus wheel
+            [str(exe), "run", "standalone", "-alias", self.alias_],
+            cwd=str(base),
+            env=env,
+            stdout=stdout,
+            stderr=stderr,
+            start_new_session=True,  # Ctrl+C in the terminal reaches us, and we stop it gracefully
+        )
+        self.port_, self.health_port_, self.pid_ = port, health_port, self._proc.pid
+        atexit.register(self.stop)
+        log.info(
+            "starting Milvus %s (pid %d) on %s, data in %s", milvus.__version__, self.pid_, self.uri, base
+        )
+        try:
+            self.wait_healthy(self.start_timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.started_s_ = time.monotonic() - t0
+        log.info("Milvus ready at %s after %.1f s", self.uri, self.started_s_)
+        return self
+
+    def _write_etcd_config(self, base: Path) -> Path:
+        """Embedded etcd listens on 2379/2380 by default: give it free ports so servers can coexist."""
+        client_port = free_port(2379)
+        peer_port = free_port(2380 if client_port != 2380 else 2381)
+        if peer_port == client_port:
+            peer_port = free_port(client_port + 1)
+        path = base / "configs" / "embedEtcd.yaml"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        client = f"http://127.0.0.1:{client_port}"
+        peer = f"http://127.0.0.1:{peer_port}"
+        path.write_text(
+            "name: default\n"
+            f"listen-client-urls: {client}\n"
+            f"advertise-client-urls: {client}\n"
+            f"listen-peer-urls: {peer}\n"
+            f"initial-advertise-peer-urls: {peer}\n"
+            f"initial-cluster: default={peer}\n"
+            "quota-backend-bytes: 4294967296\n"
+            "auto-compaction-mode: revision\n"
+            "auto-compaction-retention: '1000'\n"
+        )
+        return path
+
+    def wait_healthy(self, timeout: float) -> None:
+        """Poll ``/healthz`` then a gRPC version call until both answer, or raise EngineError."""
+        deadline = time.monotonic() + timeout
+        healthy = False
+        while time.monotonic() < deadline:
+            if self._proc is not None and self._proc.poll() is not None:
+                raise EngineError(
+                    f"the Milvus server exited with code {self._proc.returncode} while starting; "
+                    f"last log lines: {self.tail_log()}"
+                )
+            if not healthy:
+                healthy = http_health(self.health_url)
+            if healthy and grpc_ping(self.uri, timeout=3.0) is not None:
+                return
+            time.sleep(0.2)
+        raise EngineError(
+            f"the Milvus server at {self.uri} was not healthy after {timeout:.0f} s "
+            f"(logs in {self.log_dir}); last log lines: {self.tail_log()}"
+        )
+
+    def is_healthy(self) -> bool:
+        return self.running and http_health(self.health_url)
+
+    def stop(self) -> None:
+        """SIGTERM, wait ``stop_timeout`` for a clean shutdown (etcd flushes), then SIGKILL."""
+        proc, self._proc = self._proc, None
+        if proc is not None and proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=self.stop_timeout)
+            except subprocess.TimeoutExpired:
+                log.warning("Milvus (pid %d) did not stop in %.0f s: killing it", proc.pid, self.stop_timeout)
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+                proc.wait(timeout=10)
+        if proc is not None:
+            self._cleanup_run_files(proc.pid)
+        self._close_logs()
+        with contextlib.suppress(Exception):
+            atexit.unregister(self.stop)
+
+    def restart(self) -> LocalMilvusServer:
+        """Stop and start again on the same data_dir and ports (used to test resume)."""
+        port, health_port = self.port_, self.health_port_
+        self.stop()
+        saved = self.port, self.health_port
+        self.port, self.health_port = port or self.port, health_port or self.health_port
+        # the old listener may linger a moment in the kernel after exit
+        deadline = time.monotonic() + 20
+        while self.port and not _can_bind(self.host, self.port) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        try:
+            return self.start()
+        finally:
+            self.port, self.health_port = saved
+
+    def tail_log(self, lines: int = 5) -> str:
+        """Last error-ish lines of the server's stdout/stderr logs (for error messages)."""
+        texts: list[str] = []
+        for name in ("milvus-stderr.log", "milvus-stdout.log"):
+            path = self.log_dir / name
+            with contextlib.suppress(OSError):
+                texts.extend(path.read_text(errors="replace").splitlines()[-200:])
+        picked = [t for t in texts if re.search(r"error|fatal|panic|running|fail", t, re.I)] or texts
+        return " | ".join(t.strip()[:300] for t in picked[-lines:]) or "(no log output)"
+
+    def _cleanup_run_files(self, pid: int) -> None:
+        for run_dir in RUN_DIRS:
+            for name in (f"server_id_{pid}", f"standalone-{self.alias_}.pid"):
+                with contextlib.suppress(OSError):
+                    (run_dir / name).unlink()
+
+    def _close_logs(self) -> None:
+        for fh in self._log_files:
+            with contextlib.suppress(OSError):
+                fh.close()
+        self._log_files = []
+
+    def __enter__(self) -> LocalMilvusServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = f"running at {self.uri}" if self.running else "stopped"
+        return f"LocalMilvusServer(data_dir={str(self.data_dir)!r}, {state})"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m engine.server --data-dir DIR [--port 19530]``: serve until Ctrl+C / SIGTERM."""
+    parser = argparse.ArgumentParser(prog="python -m engine.server", description=__doc__.splitlines()[0])
+    parser.add_argument("--data-dir", required=True, help="folder for the server's data, logs and config")
+    parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="gRPC port (0 = any free port)")
+    parser.add_argument(
+        "--health-port", type=int, default=None, help="HTTP /healthz port (default: 9091 or next free)"
+    )
+    parser.add_argument("--timeout", type=float, default=120.0, help="seconds to wait for health")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    server = LocalMilvusServer(
+        args.data_dir, port=args.port, health_port=args.health_port, start_timeout=args.timeout
+    )
+    try:
+        server.start()
+    except EngineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(f"Milvus ready: {server.uri}  (health {server.health_url}, pid {server.pid_})", flush=True)
+    stop = {"now": False}
+
+    def _on_signal(signum: int, frame: object) -> None:
+        stop["now"] = True
+
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        while not stop["now"] and server.running:
+            time.sleep(0.5)
+    finally:
+        server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

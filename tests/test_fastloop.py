@@ -1,0 +1,112 @@
+"""The fast loop's machinery: windows, several workers, error propagation, hardware detection."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+import torch
+
+from engine.embed.fastloop import FastLoop, cpu_supports_bf16, resolve_devices, resolve_dtype
+from engine.errors import EngineError
+
+torch.set_num_threads(1)
+
+
+@pytest.fixture(scope="module")
+def hf_model_and_tokenizer(tiny_bge_m3_path):
+    from transformers import AutoModel, AutoTokenizer
+
+    return AutoModel.from_pretrained(str(tiny_bge_m3_path)), AutoTokenizer.from_pretrained(
+        str(tiny_bge_m3_path)
+    )
+
+
+@pytest.fixture(scope="module")
+def reference(hf_model_and_tokenizer, sample_texts) -> np.ndarray:
+    model, tok = hf_model_and_tokenizer
+    return FastLoop(model, tok, devices=["cpu"], max_length=128, token_budget=100_000).encode(sample_texts)
+
+
+def test_windows_come_in_order_and_cover_input(hf_model_and_tokenizer, sample_texts, reference):
+    model, tok = hf_model_and_tokenizer
+    loop = FastLoop(model, tok, devices=["cpu"], max_length=128, token_budget=256, window=17)
+    starts, parts = [], []
+    for start, vec in loop.iter_encode(sample_texts):
+        starts.append(start)
+        parts.append(vec)
+    assert starts == list(range(0, len(sample_texts), 17))
+    np.testing.assert_allclose(np.concatenate(parts), reference, atol=1e-5)
+
+
+def test_two_workers_give_the_same_vectors(hf_model_and_tokenizer, sample_texts, reference):
+    """One worker per device: exercised with two CPU 'devices' (the multi-GPU code path)."""
+    model, tok = hf_model_and_tokenizer
+    loop = FastLoop(model, tok, devices=["cpu", "cpu"], max_length=128, token_budget=200, window=40)
+    assert len(loop.models_) == 2 and loop.models_[0] is not loop.models_[1]
+    np.testing.assert_allclose(loop.encode(sample_texts), reference, atol=1e-5)
+
+
+def test_one_document_per_batch(hf_model_and_tokenizer, sample_texts, reference):
+    model, tok = hf_model_and_tokenizer
+    loop = FastLoop(model, tok, devices=["cpu"], max_length=128, token_budget=1, max_batch=1)
+    np.testing.assert_allclose(loop.encode(sample_texts[:20]), reference[:20], atol=1e-5)
+
+
+def test_worker_error_surfaces_instead_of_hanging(hf_model_and_tokenizer):
+    model, tok = hf_model_and_tokenizer
+    # positions beyond the model's 514-entry table make the forward pass fail inside the worker thread
+    loop = FastLoop(model, tok, devices=["cpu"], max_length=4000, token_budget=100_000)
+    with pytest.raises((IndexError, RuntimeError)):
+        loop.encode(["word " * 3000])
+
+
+def test_early_stop_does_not_hang(hf_model_and_tokenizer, sample_texts):
+    model, tok = hf_model_and_tokenizer
+    loop = FastLoop(model, tok, devices=["cpu"], max_length=128, token_budget=64, window=8, prefetch=1)
+    it = loop.iter_encode(sample_texts)
+    start, vec = next(it)
+    assert start == 0 and vec.shape == (8, 64)
+    it.close()  # joins the tokenizer and worker threads
+
+
+def test_mean_pooling_ignores_padding(hf_model_and_tokenizer):
+    model, tok = hf_model_and_tokenizer
+    loop = FastLoop(model, tok, pooling="mean", devices=["cpu"], max_length=128, token_budget=100_000)
+    texts = ["short", "a much longer text with many more word pieces in it than the first"]
+    together = loop.encode(texts)
+    alone = np.concatenate([loop.encode([t]) for t in texts])
+    np.testing.assert_allclose(together, alone, atol=1e-5)
+
+
+def test_hardware_detection():
+    flags = open("/proc/cpuinfo").read() if os.path.exists("/proc/cpuinfo") else ""
+    assert isinstance(cpu_supports_bf16(), bool)
+    if "avx512_bf16" in flags or "amx_bf16" in flags:
+        assert cpu_supports_bf16()
+    expected = torch.bfloat16 if cpu_supports_bf16() else torch.float32
+    assert resolve_dtype("auto", "cpu") == expected
+    assert resolve_dtype("fp16", "cpu") == torch.float16
+    assert resolve_devices("cpu") == ["cpu"]
+    assert resolve_devices(["cpu", "cpu"]) == ["cpu", "cpu"]
+    if not torch.cuda.is_available():
+        assert resolve_devices("auto") == ["cpu"]
+        with pytest.raises(EngineError):
+            resolve_devices("cuda:0")
+    with pytest.raises(EngineError):
+        FastLoop(object(), object(), pooling="max")
+
+
+@pytest.mark.gpu
+def test_pinned_non_blocking_on_cuda(hf_model_and_tokenizer, sample_texts, reference):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU")
+    model, tok = hf_model_and_tokenizer
+    import copy
+
+    loop = FastLoop(
+        copy.deepcopy(model), tok, devices=resolve_devices("cuda"), dtype=torch.bfloat16, max_length=128
+    )
+    vec = loop.encode(sample_texts)
+    assert ((vec * reference).sum(1)).min() >= 0.99
