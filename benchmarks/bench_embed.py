@@ -26,12 +26,13 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -76,6 +77,7 @@ def timed(fn, repeats: int = 1) -> float:
 
 
 def bench_cpu(args) -> dict:
+    """All three loaded at once and timed in interleaved rounds, so load from other processes hits each alike."""
     import torch
 
     from engine.embed import cpu_supports_bf16, load_encoder, load_flag_model
@@ -83,53 +85,54 @@ def bench_cpu(args) -> dict:
     torch.set_num_threads(args.threads)
     model_dir = build_full_model(Path(args.model_dir))
     texts = load_headlines(args.docs)
-    rows = []
     flag = load_flag_model(str(model_dir), device="cpu", use_fp16=False)
     n_tokens = count_tokens(flag.tokenizer, texts, args.max_length)
-    flag.encode(texts[:4], batch_size=4, max_length=args.max_length)  # warm-up
-    ref = {}
-
-    def run_flag():
-        ref["v"] = flag.encode(texts, batch_size=args.flag_batch_size, max_length=args.max_length)[
-            "dense_vecs"
-        ]
-
-    s = timed(run_flag)
-    rows.append(
-        {
-            "method": f"FlagEmbedding encode (fp32, batch_size={args.flag_batch_size})",
-            "seconds": s,
-            "docs_per_s": len(texts) / s,
-        }
-    )
-    flag = None  # free its memory before the engine loads its own copy
+    methods = {
+        f"FlagEmbedding encode (fp32, batch_size={args.flag_batch_size})": lambda: flag.encode(
+            texts, batch_size=args.flag_batch_size, max_length=args.max_length
+        )["dense_vecs"],
+    }
     for precision in ("fp32", "bf16"):
         enc = load_encoder(str(model_dir), device="cpu", precision=precision, max_length=args.max_length)
-        enc.encode(texts[:4])  # warm-up
-        out = {}
-        s = timed(lambda enc=enc, out=out: out.setdefault("v", enc.encode(texts)))
-        cos = float((out["v"] * ref["v"]).sum(1).min())
+        methods[f"engine fast loop ({precision})"] = enc.encode
+    flag.encode(texts[:4], batch_size=4, max_length=args.max_length)  # warm-up
+    for fn in list(methods.values())[1:]:
+        fn(texts[:4])
+    times: dict[str, list[float]] = {name: [] for name in methods}
+    vecs: dict[str, np.ndarray] = {}
+    for r in range(args.rounds):
+        for name, fn in methods.items():
+            t0 = time.perf_counter()
+            vecs[name] = fn() if name.startswith("Flag") else fn(texts)
+            times[name].append(time.perf_counter() - t0)
+            print(f"round {r}: {name}: {times[name][-1]:.1f}s", file=sys.stderr, flush=True)
+    ref = vecs[next(iter(methods))]
+    rows = []
+    for name in methods:
+        med = float(np.median(times[name]))
         rows.append(
             {
-                "method": f"engine fast loop ({precision})",
-                "seconds": s,
-                "docs_per_s": len(texts) / s,
-                "min_cosine_vs_flagembedding": cos,
+                "method": name,
+                "seconds_per_round": times[name],
+                "median_seconds": med,
+                "docs_per_s": len(texts) / med,
+                "min_cosine_vs_flagembedding": float((vecs[name] * ref).sum(1).min()),
             }
         )
-        del enc
-    base = rows[0]["docs_per_s"]
-    for r in rows:
-        r["speedup_vs_flagembedding"] = r["docs_per_s"] / base
+    for row in rows:
+        row["speedup_vs_flagembedding"] = row["docs_per_s"] / rows[0]["docs_per_s"]
     return {
         "benchmark": "embed_cpu",
         "note": "BGE-M3 full architecture with RANDOM weights (throughput does not depend on weight values); "
-        "news headlines title+description; same process, same model files; best of 1 run each",
+        "news headlines title+description; same process, same model files; methods interleaved per round, "
+        "median over rounds. FlagEmbedding encode runs its first batch twice (batch-size probe): part of its cost.",
         "docs": len(texts),
+        "rounds": args.rounds,
         "tokens_per_doc": n_tokens / len(texts),
         "max_length": args.max_length,
         "threads": args.threads,
-        "cpu": platform.processor() or platform.machine(),
+        "load_average_1m_at_end": os.getloadavg()[0],
+        "cpu_count": os.cpu_count(),
         "cpu_bf16": cpu_supports_bf16(),
         "results": rows,
     }
@@ -214,28 +217,55 @@ from engine.embed import load_encoder
 from engine.embed.tiny import build_tiny_bge_m3, synthetic_corpus
 from engine.ingest import ingest
 from engine.store import MilvusStore
-n = int(sys.argv[2])
+n, kind = int(sys.argv[2]), sys.argv[3]
+
+
+class NullStore:  # diagnostic only: the store API with inserts dropped (engine memory without Lite's)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        pass
+
+    def ensure_collection(self, dim, drop_existing=False):
+        pass
+
+    def existing_ids(self):
+        return np.empty(0, dtype=np.int64)
+
+    def insert(self, ids, vectors, texts):
+        return len(ids)
+
+    def flush(self):
+        pass
+
+    def count_rows(self):
+        return -1
+
+
 with tempfile.TemporaryDirectory() as tmp:
     model = build_tiny_bge_m3(os.path.join(tmp, "tiny"))
     texts = synthetic_corpus(n, seed=11)
     frame = pd.DataFrame({"id": np.arange(n, dtype=np.int64), "text": texts})
     enc = load_encoder(str(model), device="cpu", max_length=64)
-    with MilvusStore(os.path.join(tmp, "milvus.db")) as store:
+    store_cm = MilvusStore(os.path.join(tmp, "milvus.db")) if kind == "lite" else NullStore()
+    with store_cm as store:
         store.ensure_collection(enc.dim)
         before = psutil.Process().memory_info().rss / 2**20
         res = ingest(frame, enc, store, os.path.join(tmp, "emb.npy"), progress=False)
         count = store.count_rows()
-    print("RESULT " + json.dumps({"n": n, "rss_before_ingest_mb": before, "peak_rss_mb": res.peak_rss_mb,
+    print("RESULT " + json.dumps({"n": n, "store": kind, "rss_before_ingest_mb": before, "peak_rss_mb": res.peak_rss_mb,
           "seconds": res.seconds, "docs_per_s": res.docs_per_s, "count": count}), flush=True)
 """
 
 
 def bench_ingest_rss(sizes: list[int]) -> dict:
     rows = []
-    for n in sizes:
+    for kind, n in [(k, n) for k in ("lite", "null") for n in sizes]:
         env = dict(os.environ, OMP_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false", HF_HUB_OFFLINE="1")
         out = subprocess.run(
-            [sys.executable, "-c", RSS_CHILD, str(ROOT), str(n)],
+            [sys.executable, "-c", RSS_CHILD, str(ROOT), str(n), kind],
             capture_output=True,
             text=True,
             env=env,
@@ -247,7 +277,8 @@ def bench_ingest_rss(sizes: list[int]) -> dict:
     return {
         "benchmark": "ingest_rss",
         "note": "tiny BGE-M3-shaped model (hidden 64, 2 layers), synthetic short documents, Milvus Lite; "
-        "one fresh process per N; peak RSS = ru_maxrss of the whole process (model + Milvus Lite included)",
+        "one fresh process per N; peak RSS = ru_maxrss of the whole process (model + Milvus Lite included); "
+        "store=null drops inserts (diagnostic: the engine's own memory without Lite's in-process data)",
         "results": rows,
     }
 
@@ -260,8 +291,9 @@ def main(argv: list[str] | None = None) -> None:
         "--flag-docs", type=int, default=5000, help="cuda: documents for the FlagEmbedding baseline"
     )
     p.add_argument(
-        "--flag-batch-size", type=int, default=256, help="FlagEmbedding encode batch_size (its default)"
+        "--flag-batch-size", type=int, default=None, help="FlagEmbedding batch_size (cpu 16, cuda 256)"
     )
+    p.add_argument("--rounds", type=int, default=2, help="cpu: interleaved timing rounds")
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--token-budget", type=int, default=None)
@@ -279,9 +311,11 @@ def main(argv: list[str] | None = None) -> None:
         result, name = bench_ingest_rss(args.ingest_rss or [10_000, 25_000, 50_000]), "ingest_rss.json"
     elif args.device == "cuda":
         args.docs = args.docs or 20_000
+        args.flag_batch_size = args.flag_batch_size or 256
         result, name = bench_cuda(args), "embed_cuda.json"
     else:
         args.docs = args.docs or 64
+        args.flag_batch_size = args.flag_batch_size or 16
         result, name = bench_cpu(args), "embed_cpu.json"
     result["command"] = "python benchmarks/bench_embed.py " + " ".join(sys.argv[1:] if argv is None else argv)
     out = Path(args.out) if args.out else RESULTS / name

@@ -24,6 +24,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -203,11 +204,37 @@ def bench_store(
     res["knob_sweep"] = knobs
     chosen: dict[str, Any] = dict(fixed_knob or {})
     if knobs and not chosen:
-        ok = [r for r in knobs if r[f"recall@{k}"] >= args.target_recall]
+        # +0.01 margin: the sub-sample's recall is an estimate (at 20k: 0.952 on 1,000 rows, 0.945 on 2,000).
+        ok = [r for r in knobs if r[f"recall@{k}"] >= args.target_recall + 0.01]
         pick = max(ok, key=lambda r: r["qps"]) if ok else max(knobs, key=lambda r: r[f"recall@{k}"])
         chosen = {knob: pick[knob]}
     res["search_params"] = chosen
-    # 3) the whole graph with the chosen shape and knob
+    # 3) the whole graph with the chosen shape and knob (or, with --sample-graph, the recall
+    #    sample only, and the whole-graph time extrapolated from its QPS: marked as such)
+    if not args.full and args.sample_graph:
+        with rss.phase(f"{name}:sample_graph"):
+            g = build_knn_graph(
+                store,
+                vectors,
+                ids,
+                k=k,
+                workers=best["workers"],
+                batch_size=best["batch_size"],
+                progress=True,
+                search_params=chosen or None,
+                rows=sample,
+            )
+        res["sample_graph_queries"] = int(sample.size)
+        res["sample_graph_s"] = g.meta["seconds"]
+        res["graph_qps"] = g.meta["qps"]
+        res["graph_s_extrapolated"] = round(n / g.meta["qps"], 1)
+        res[f"recall@{k}"] = recall(g, exact, None, k)
+        res["recall@10"] = recall(g.truncate(10), exact.truncate(10), None, 10)
+        print(
+            f"[{name}] sample graph {g.meta['seconds']}s ({g.meta['qps']} q/s, whole graph extrapolated "
+            f"{res['graph_s_extrapolated']}s) recall@{k}={res[f'recall@{k}']}",
+            flush=True,
+        )
     if args.full:
         with rss.phase(f"{name}:graph"):
             g = build_knn_graph(
@@ -254,6 +281,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--target-recall", type=float, default=0.95)
     p.add_argument("--no-full", dest="full", action="store_false")
     p.add_argument("--procs-full", action="store_true", help="also build the whole graph on lite-procs")
+    p.add_argument(
+        "--sample-graph",
+        action="store_true",
+        help="with --no-full: search only the recall sample and extrapolate the whole-graph time",
+    )
     args = p.parse_args(argv)
     args.shapes = [tuple(int(v) for v in s.split("x")) for s in args.shapes.split(",")]
     args.grpc_shapes = [tuple(int(v) for v in s.split("x")) for s in args.grpc_shapes.split(",")]
@@ -261,6 +293,8 @@ def main(argv: list[str] | None = None) -> int:
     args.nprobe = [int(v) for v in args.nprobe.split(",") if v]
     backends = [b.strip() for b in args.backends.split(",") if b.strip()]
 
+    # SIGTERM -> SystemExit so `with LocalMilvusServer(...)` stops the server it started.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     rss = RssSampler()
     out: dict[str, Any] = {
         "n": args.n,
@@ -335,8 +369,9 @@ def main(argv: list[str] | None = None) -> int:
                 idx = args.lite_index.split(",")[-1]
                 prev = [r for r in out["results"] if r["backend"] == f"lite:{idx}"]
                 fixed = prev[-1].get("search_params") if prev else None
-                saved_shapes, saved_full = args.shapes, args.full
+                saved_shapes, saved_full, saved_sg = args.shapes, args.full, args.sample_graph
                 args.shapes, args.full = args.grpc_shapes, args.full and args.grpc_full
+                args.sample_graph = args.sample_graph and args.grpc_full
                 try:
                     with MilvusStore(lite_dir, index_type=idx, dim=vectors.shape[1], lite_direct=False) as st:
                         st.load()
@@ -345,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
                             do_insert=False, fixed_knob=fixed,
                         )  # fmt: skip
                 finally:
-                    args.shapes, args.full = saved_shapes, saved_full
+                    args.shapes, args.full, args.sample_graph = saved_shapes, saved_full, saved_sg
                 out["results"].append(r)
                 dump()
             elif backend == "lite-procs":

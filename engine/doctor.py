@@ -37,6 +37,9 @@ PROBE_INDEX_TYPES: tuple[str, ...] = (
     "GPU_IVF_PQ",
     "GPU_CAGRA",
 )
+#: Types this server version accepts in ``create_index`` but whose build then loops forever
+#: (measured by benchmarks/server_index_support.py; results/server_index_support.json).
+KNOWN_BUILD_HANGS: dict[str, tuple[str, ...]] = {"v2.3.5": ("DISKANN", "GPU_IVF_FLAT")}
 _PROBE_PARAMS: dict[str, dict[str, Any]] = {
     "IVF_FLAT": {"nlist": 16},
     "IVF_SQ8": {"nlist": 16},
@@ -165,6 +168,12 @@ def probe_milvus(
             with contextlib.suppress(Exception):
                 client.drop_collection(name)
         out["index_types_accepted"] = accepted
+        version = str(out.get("server_version", ""))
+        hangs = [
+            t for prefix, types in KNOWN_BUILD_HANGS.items() if version.startswith(prefix) for t in types
+        ]
+        if hangs:
+            out["index_types_build_hangs"] = [t for t in hangs if t in accepted]
         out["index_types_refused"] = refused
         out["index_probe"] = "create_index on an empty collection (proxy validation; builds may still fail)"
     except Exception as exc:  # noqa: BLE001
@@ -205,9 +214,15 @@ def auto_choices(cuda: bool, cuml_ok: bool) -> dict[str, Any]:
         "index": "auto: FLAT up to 50k documents, HNSW above",
         "exact_knn_device": exact_device,
     }
+    try:
+        from engine.cluster.gpu import cuml_available
+
+        cluster_cuml = bool(cuml_available())
+    except Exception:  # noqa: BLE001 -- the cluster stage missing or broken: same rule as engine.gpu
+        cluster_cuml = cuml_ok
     out["cluster"] = {
-        "backend": "cuml" if cuml_ok else "cpu",
-        "cpu_library": "fast_hdbscan" if gpu.importable("fast_hdbscan") else "hdbscan",
+        "backend": "cuml" if cluster_cuml else "cpu",
+        "cpu_library": "engine graph HDBSCAN on the kNN graph (Boruvka MST)",
     }
     try:
         import numpy as np
@@ -312,6 +327,9 @@ def format_report(report: dict[str, Any]) -> str:
                 lines.append(f"    accepts        {', '.join(target['index_types_accepted'])}")
                 refused = ", ".join(target.get("index_types_refused", {})) or "none"
                 lines.append(f"    refuses        {refused}")
+                if target.get("index_types_build_hangs"):
+                    hangs = ", ".join(target["index_types_build_hangs"])
+                    lines.append(f"    never finish   {hangs} (accepted, but the build loops; measured)")
         else:
             lines.append(f"  {target.get('uri')}: NOT reachable: {target.get('error') or target.get('note')}")
     auto = report.get("auto", {})

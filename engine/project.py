@@ -102,6 +102,23 @@ def resolve_backend(backend: str, vectors: np.ndarray | None) -> str:
     return "cpu"
 
 
+def layout_features(vectors: np.ndarray, dim: int = 64, block: int = 65536, seed: int = 0) -> np.ndarray:
+    """A (N, dim) Gaussian random projection of the vectors, computed block by block.
+
+    umap-learn only needs X to place the centroids of disconnected components, and it copies X
+    (``X[index]``): at 1M x 1024 that is 4 GB. Centroid distances survive a random projection
+    (Johnson-Lindenstrauss), so 64 columns do the job at 1/16 of the memory.
+    """
+    n, d = vectors.shape
+    if d <= dim:
+        return np.ascontiguousarray(vectors, dtype=np.float32)
+    proj = np.random.default_rng(seed).normal(size=(d, dim)).astype(np.float32) / np.sqrt(dim)
+    out = np.empty((n, dim), np.float32)
+    for start in range(0, n, block):
+        out[start : start + block] = np.asarray(vectors[start : start + block], dtype=np.float32) @ proj
+    return out
+
+
 def fallback_layout(n: int, vectors: np.ndarray | None = None) -> np.ndarray:
     """Layout for corpora too small for UMAP: PCA of the vectors when given, else points on a circle."""
     if n == 0:
@@ -181,7 +198,7 @@ def _project_umap(
     n = knn_idx.shape[0]
     # X is only used by umap for N and for centroids of disconnected components; a (N, 1) zero
     # placeholder is enough when no vectors are given (components are then placed at random).
-    x = np.asarray(vectors, dtype=np.float32) if vectors is not None else np.zeros((n, 1), np.float32)
+    x = layout_features(vectors) if vectors is not None else np.zeros((n, 1), np.float32)
     reducer = umap.UMAP(
         n_neighbors=n_neighbors,
         n_components=2,
@@ -245,13 +262,14 @@ def _project_cuml(
 # Maps
 # --------------------------------------------------------------------------------------------------
 def cluster_palette() -> list[str]:
-    """A long qualitative palette (plotly Alphabet + Dark24 + Light24, 74 colours, no greys)."""
+    """A long qualitative palette (plotly Alphabet + Dark24 + Light24 without greys, ~65 colours)."""
     from plotly.colors import qualitative as q
 
     seen: list[str] = []
     for c in list(q.Alphabet) + list(q.Dark24) + list(q.Light24):
         c = c.upper()
-        if c not in seen and c not in {"#222A2A", "#E2E2E2", "#BAB0AC", "#B0B0B0"}:
+        rgb = [int(c[i : i + 2], 16) for i in (1, 3, 5)]
+        if c not in seen and max(rgb) - min(rgb) > 40:  # drop greys: grey means noise
             seen.append(c)
     return seen
 

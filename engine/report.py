@@ -271,6 +271,14 @@ def _short(text: str, limit: int = 300) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
+def _doc_html(text: str) -> str:
+    """First line (the title, with the default template) in bold, the rest shortened; all escaped."""
+    head, _, rest = str(text).strip().partition("\n")
+    if not rest.strip():
+        return _esc(_short(head))
+    return f"<b>{_esc(_short(head, 200))}</b><br>{_esc(_short(rest))}"
+
+
 def render_html(report: ClusterReport, title: str = "Cluster report", map_href: str | None = None) -> str:
     """A readable, self-contained HTML page (inline CSS, no scripts); every text is HTML-escaped."""
     parts = [
@@ -294,7 +302,7 @@ def render_html(report: ClusterReport, title: str = "Cluster report", map_href: 
     for r in report.clusters.itertuples():
         kws = "".join(f"<span>{_esc(k)}</span>" for k in r.keywords) or "<em>none</em>"
         reps = "".join(
-            f'<li>{_esc(_short(d["text"]))} <span class="p">(id {_esc(d["id"])}, p={d["probability"]:.2f})</span></li>'
+            f'<li>{_doc_html(d["text"])} <span class="p">(id {_esc(d["id"])}, p={d["probability"]:.2f})</span></li>'
             for d in r.representatives
         )
         parts.append(

@@ -7,8 +7,11 @@ etcd, local storage, rocksmq), so CI and laptops can test against the real thing
 We drive the bundled binary ourselves instead of ``milvus.MilvusServer.start()`` because the
 package's own ``stop()`` SIGKILLs after one second (risking the embedded etcd) and always uses the
 pid file ``/run/milvus/standalone.pid``, which is ``flock``-ed: a second server on the same machine
-then refuses to start. Each server here gets its own ``-alias`` (so its own pid file), free ports,
-and a graceful SIGTERM stop.
+then refuses to start. Each server here gets its own ``-alias`` (so its own pid file), its own
+embedded-etcd ports (the package leaves them at 2379/2380), random internal ports chosen under a
+machine-wide lock and kept in ``DATA_DIR/configs/engine-ports.json`` (so a restart finds its
+old sessions), a 10 s session TTL (a restart is usable ≈20 s sooner) and a graceful SIGTERM stop.
+Several servers (tests, benchmarks, other processes) then run side by side on one machine.
 
 Usage::
 
@@ -23,20 +26,29 @@ from __future__ import annotations
 import argparse
 import atexit
 import contextlib
+import json
 import logging
 import os
+import random
 import re
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from engine.errors import EngineError
+
+try:  # POSIX only; the `milvus` wheel runs on Linux and macOS
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +57,15 @@ DEFAULT_HEALTH_PORT = 9091
 # Where the Milvus binary writes its pid file (falls back to /tmp/milvus when /run is read-only)
 # and its ``server_id_<pid>`` files.
 RUN_DIRS = (Path("/run/milvus"), Path("/tmp/milvus"))
+
+#: Held while a server picks its ports and comes up, so two starts (tests, benchmarks, other
+#: processes) never pick the same internal ports: the package probes ports by bind-then-close,
+#: and a second start in that window took the first one's DataNode port (measured: flushes then
+#: failed with "node not match" and one server shut down).
+START_LOCK = Path(tempfile.gettempdir()) / "engine-milvus-server-start.lock"
+#: Internal ports (etcd, coordinators, nodes) come from here: below Linux's ephemeral range
+#: (32768+) and away from the package's fixed defaults that every other copy would also try first.
+INTERNAL_PORTS = (20000, 32000)
 
 INSTALL_HINT = (
     "the local Milvus server needs the PyPI package `milvus` (pip install 'milvus==2.3.5'); "
@@ -82,6 +103,47 @@ def free_port(start: int | None = None, host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def random_free_ports(
+    count: int, exclude: set[int] | None = None, span: tuple[int, int] = INTERNAL_PORTS
+) -> list[int]:
+    """``count`` distinct free ports drawn at random from ``span``."""
+    rng = random.Random(os.getpid() ^ time.monotonic_ns())
+    taken = set(exclude or ())
+    out: list[int] = []
+    for _ in range(50 * count + 100):
+        port = rng.randrange(*span)
+        if port not in taken and _can_bind("127.0.0.1", port):
+            taken.add(port)
+            out.append(port)
+            if len(out) == count:
+                return out
+    raise EngineError(f"no {count} free TCP ports in {span[0]}..{span[1]} on 127.0.0.1")
+
+
+@contextlib.contextmanager
+def _start_lock(timeout: float) -> Iterator[None]:
+    """Machine-wide lock around port selection + startup (see START_LOCK)."""
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    deadline = time.monotonic() + timeout
+    with open(START_LOCK, "a+") as fh:
+        while True:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise EngineError(
+                        f"another Milvus server has been starting for {timeout:.0f} s (lock {START_LOCK})"
+                    ) from None
+                time.sleep(0.2)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 
 
 def _can_bind(host: str, port: int) -> bool:
@@ -165,6 +227,9 @@ class LocalMilvusServer:
         HTTP port of ``/healthz`` and metrics; ``None`` picks the first free port from 9091.
     start_timeout:
         Seconds to wait for health before giving up (first start ≈7 s, restart ≈5 s on 2 cores).
+    session_ttl:
+        Milvus ``common.session.ttl`` (default there: 30 s). After a restart, flushes fail until
+        the previous DataNode's session expires; 10 s makes a restart usable ≈20 s sooner.
 
     Attributes set by ``start()``: ``port_``, ``health_port_``, ``pid_``, ``started_s_``.
     """
@@ -177,6 +242,7 @@ class LocalMilvusServer:
         start_timeout: float = 120.0,
         stop_timeout: float = 30.0,
         alias: str | None = None,
+        session_ttl: int = 10,
     ) -> None:
         self.data_dir = data_dir
         self.port = port
@@ -184,6 +250,7 @@ class LocalMilvusServer:
         self.start_timeout = start_timeout
         self.stop_timeout = stop_timeout
         self.alias = alias
+        self.session_ttl = session_ttl
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_files: list[Any] = []
         self.port_: int | None = None
@@ -243,72 +310,98 @@ class LocalMilvusServer:
         except OSError as exc:
             raise EngineError(f"cannot create the Milvus data_dir {base}: {exc}") from exc
 
-        port = self.port or free_port()
-        if not _can_bind(self.host, port):
-            raise EngineError(
-                f"port {port} is already in use: is another Milvus running there? "
-                f"Use its uri http://{self.host}:{port}, or pick another port"
+        with _start_lock(self.start_timeout + 30):
+            port = self.port or random_free_ports(1)[0]
+            if not _can_bind(self.host, port):
+                raise EngineError(
+                    f"port {port} is already in use: is another Milvus running there? "
+                    f"Use its uri http://{self.host}:{port}, or pick another port"
+                )
+            health_port = self.health_port or free_port(DEFAULT_HEALTH_PORT)
+            if self.health_port and not _can_bind(self.host, health_port):
+                raise EngineError(f"health_port {health_port} is already in use")
+
+            config_cls = _reuse_addr_config(milvus)
+            ports = self._internal_ports(base, config_cls, exclude={port, health_port})
+            etcd_client, etcd_peer = ports.pop("etcd_client"), ports.pop("etcd_peer")
+            config = config_cls(data_dir=str(base), proxy_port=port, **ports)
+            # a restarted server waits for the old sessions to expire before reassigning channels
+            config.set("common.session.ttl", int(self.session_ttl))
+            try:
+                config.resolve()  # checks the ports and writes configs/milvus.yaml
+            except RuntimeError as exc:
+                raise EngineError(f"cannot configure the Milvus server in {base}: {exc}") from exc
+            milvus._initialize_data_files(str(base))  # unpacks the bundled binary once (md5-cached)
+
+            exe = base / "bin" / "milvus"
+            etcd_config = self._write_etcd_config(base, etcd_client, etcd_peer)
+            self.alias_ = self.alias or f"engine{port}"
+            env = os.environ.copy()
+            env.update(
+                {
+                    "DEPLOY_MODE": "STANDALONE",
+                    "METRICS_PORT": str(health_port),
+                    "MILVUS_RUN_DIR": str(base / "run"),
+                    "ETCD_CONFIG_PATH": str(etcd_config),
+                    "LD_LIBRARY_PATH": ":".join(
+                        p for p in (str(exe.parent), os.environ.get("LD_LIBRARY_PATH", "")) if p
+                    ),
+                }
             )
-        health_port = self.health_port or free_port(DEFAULT_HEALTH_PORT)
-        if self.health_port and not _can_bind(self.host, health_port):
-            raise EngineError(f"health_port {health_port} is already in use")
-
-        config = _reuse_addr_config(milvus)(data_dir=str(base), proxy_port=port)
-        try:
-            config.resolve()  # picks free ports for etcd and the internal coordinators, writes configs/milvus.yaml
-        except RuntimeError as exc:
-            raise EngineError(f"cannot configure the Milvus server in {base}: {exc}") from exc
-        milvus._initialize_data_files(str(base))  # unpacks the bundled binary once (md5-cached)
-
-        exe = base / "bin" / "milvus"
-        etcd_config = self._write_etcd_config(base)
-        self.alias_ = self.alias or f"engine{port}"
-        env = os.environ.copy()
-        env.update(
-            {
-                "DEPLOY_MODE": "STANDALONE",
-                "METRICS_PORT": str(health_port),
-                "MILVUS_RUN_DIR": str(base / "run"),
-                "ETCD_CONFIG_PATH": str(etcd_config),
-                "LD_LIBRARY_PATH": ":".join(
-                    p for p in (str(exe.parent), os.environ.get("LD_LIBRARY_PATH", "")) if p
-                ),
-            }
-        )
-        self.log_dir.mkdir(parents=True, exist_ok=True)
-        self._close_logs()
-        stdout = open(self.log_dir / "milvus-stdout.log", "ab")  # noqa: SIM115 -- closed in stop()
-        stderr = open(self.log_dir / "milvus-stderr.log", "ab")  # noqa: SIM115
-        self._log_files = [stdout, stderr]
-        t0 = time.monotonic()
-        self._proc = subprocess.Popen(  # noqa: S603 -- the binary shipped in the milvus wheel
-            [str(exe), "run", "standalone", "-alias", self.alias_],
-            cwd=str(base),
-            env=env,
-            stdout=stdout,
-            stderr=stderr,
-            start_new_session=True,  # Ctrl+C in the terminal reaches us, and we stop it gracefully
-        )
-        self.port_, self.health_port_, self.pid_ = port, health_port, self._proc.pid
-        atexit.register(self.stop)
-        log.info(
-            "starting Milvus %s (pid %d) on %s, data in %s", milvus.__version__, self.pid_, self.uri, base
-        )
-        try:
-            self.wait_healthy(self.start_timeout)
-        except BaseException:
-            self.stop()
-            raise
+            self.log_dir.mkdir(parents=True, exist_ok=True)
+            self._close_logs()
+            stdout = open(self.log_dir / "milvus-stdout.log", "ab")  # noqa: SIM115 -- closed in stop()
+            stderr = open(self.log_dir / "milvus-stderr.log", "ab")  # noqa: SIM115
+            self._log_files = [stdout, stderr]
+            t0 = time.monotonic()
+            self._proc = subprocess.Popen(  # noqa: S603 -- the binary shipped in the milvus wheel
+                [str(exe), "run", "standalone", "-alias", self.alias_],
+                cwd=str(base),
+                env=env,
+                stdout=stdout,
+                stderr=stderr,
+                start_new_session=True,  # Ctrl+C in the terminal reaches us, and we stop it gracefully
+            )
+            self.port_, self.health_port_, self.pid_ = port, health_port, self._proc.pid
+            atexit.register(self.stop)
+            log.info(
+                "starting Milvus %s (pid %d) on %s, data in %s", milvus.__version__, self.pid_, self.uri, base
+            )
+            try:
+                self.wait_healthy(self.start_timeout)
+            except BaseException:
+                self.stop()
+                raise
         self.started_s_ = time.monotonic() - t0
         log.info("Milvus ready at %s after %.1f s", self.uri, self.started_s_)
         return self
 
-    def _write_etcd_config(self, base: Path) -> Path:
+    def _internal_ports(self, base: Path, config_cls: Any, exclude: set[int]) -> dict[str, int]:
+        """Ports of etcd and the coordinators/nodes, kept in ``configs/engine-ports.json``.
+
+        A restart on the same data_dir must reuse them: etcd keeps each component's session
+        address, and with new ports the restarted proxy dials the old ones until the sessions
+        expire (measured: inserts failed with "failed to connect 192.0.2.2:<old port>").
+        """
+        keys = ["etcd_client", "etcd_peer"] + [
+            k for k in config_cls().configurable_items if k.endswith("_port") and k != "proxy_port"
+        ]
+        path = base / "configs" / "engine-ports.json"
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            saved = {k: int(v) for k, v in json.loads(path.read_text()).items()}
+            if set(saved) == set(keys) and all(
+                p not in exclude and _can_bind(self.host, p) for k, p in saved.items() if k != "etcd_port"
+            ):
+                return saved
+        ports = dict(zip(keys, random_free_ports(len(keys), exclude=exclude), strict=True))
+        if "etcd_port" in ports:
+            ports["etcd_port"] = ports["etcd_client"]
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(ports, indent=1))
+        return ports
+
+    def _write_etcd_config(self, base: Path, client_port: int, peer_port: int) -> Path:
         """Embedded etcd listens on 2379/2380 by default: give it free ports so servers can coexist."""
-        client_port = free_port(2379)
-        peer_port = free_port(2380 if client_port != 2380 else 2381)
-        if peer_port == client_port:
-            peer_port = free_port(client_port + 1)
         path = base / "configs" / "embedEtcd.yaml"
         path.parent.mkdir(parents=True, exist_ok=True)
         client = f"http://127.0.0.1:{client_port}"
@@ -368,8 +461,14 @@ class LocalMilvusServer:
         with contextlib.suppress(Exception):
             atexit.unregister(self.stop)
 
-    def restart(self) -> LocalMilvusServer:
-        """Stop and start again on the same data_dir and ports (used to test resume)."""
+    def restart(self, wait_ready: float = 120.0) -> LocalMilvusServer:
+        """Stop and start again on the same data_dir and ports (used to test resume).
+
+        ``wait_ready`` > 0: also wait until every existing collection can be flushed. After a
+        restart the data coordinator still assigns each collection's channels to the previous
+        DataNode; flushes fail with "node not match" until it reassigns them (measured ≈25 s on
+        2 cores), while inserts and searches already work.
+        """
         port, health_port = self.port_, self.health_port_
         self.stop()
         saved = self.port, self.health_port
@@ -379,9 +478,34 @@ class LocalMilvusServer:
         while self.port and not _can_bind(self.host, self.port) and time.monotonic() < deadline:
             time.sleep(0.2)
         try:
-            return self.start()
+            self.start()
         finally:
             self.port, self.health_port = saved
+        if wait_ready > 0:
+            self.wait_flushable(wait_ready)
+        return self
+
+    def wait_flushable(self, timeout: float) -> None:
+        """Poll ``flush`` on every collection until all succeed (see :meth:`restart`)."""
+        from pymilvus import MilvusClient  # noqa: PLC0415
+
+        client = MilvusClient(uri=self.uri, timeout=10)
+        deadline = time.monotonic() + timeout
+        try:
+            pending = list(client.list_collections())
+            while pending and time.monotonic() < deadline:
+                try:
+                    client.flush(pending[0], timeout=max(1.0, deadline - time.monotonic()))
+                    pending.pop(0)
+                except Exception:  # noqa: BLE001 -- "node not match" until channels are reassigned
+                    time.sleep(1.0)
+            if pending:
+                raise EngineError(
+                    f"Milvus at {self.uri} restarted but cannot flush {pending[0]!r} after {timeout:.0f} s"
+                )
+        finally:
+            with contextlib.suppress(Exception):
+                client.close()
 
     def tail_log(self, lines: int = 5) -> str:
         """Last error-ish lines of the server's stdout/stderr logs (for error messages)."""

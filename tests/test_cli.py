@@ -54,7 +54,9 @@ def test_bad_input_is_one_clear_line(tmp_path, shared_data_dir, args, needles):
     empty = tmp_path / "empty.csv"
     empty.write_text("title,description\n,\n")
     news = os.path.join(shared_data_dir, "news_headlines_2024", "news_data_dedup.csv")
-    args = [a.format(news=news, tmp=tmp_path, latin=latin, empty=empty) for a in args]
+    subst = {"{news}": news, "{tmp}": str(tmp_path), "{latin}": str(latin), "{empty}": str(empty)}
+    for key, value in subst.items():
+        args = [a.replace(key, value) for a in args]
     if "--out" not in args:
         args += ["--out", str(tmp_path / "out")]
     assert_one_line_error(engine(*args), *needles)

@@ -20,7 +20,9 @@ def test_core_distance_matches_hdbscan_convention():
     e = from_knn_arrays(idx, dist)
     for ms in (1, 5, 10):
         # hdbscan's tree algorithms: query k = min_samples + 1 (self included), take the last column
-        ref, _ = NearestNeighbors(n_neighbors=ms + 1).fit(x.astype(np.float64)).kneighbors(x.astype(np.float64))
+        ref, _ = (
+            NearestNeighbors(n_neighbors=ms + 1).fit(x.astype(np.float64)).kneighbors(x.astype(np.float64))
+        )
         np.testing.assert_allclose(core_distances(e, ms), ref[:, ms], atol=1e-5)
 
 
@@ -34,7 +36,9 @@ def test_unsorted_csr_rows_give_the_same_core_distances():
 
     n, k = idx.shape
     g = sp.csr_matrix((dist_s.ravel(), idx_s.ravel(), np.arange(0, n * k + 1, k)), shape=(n, n))
-    np.testing.assert_array_equal(core_distances(from_sparse(g), 6), core_distances(from_knn_arrays(idx, dist), 6))
+    np.testing.assert_array_equal(
+        core_distances(from_sparse(g), 6), core_distances(from_knn_arrays(idx, dist), 6)
+    )
 
 
 def test_too_few_neighbours_gives_inf():

@@ -10,14 +10,23 @@ from engine.cluster.tree import glosh_scores, hierarchy_from_mst
 
 @pytest.fixture(scope="module")
 def blobs_with_noise():
-    x, _ = make_blobs(600, n_features=4, centers=6, cluster_std=[0.4, 0.8, 1.2, 0.5, 1.0, 2.0], random_state=3)
+    x, _ = make_blobs(
+        600, n_features=4, centers=6, cluster_std=[0.4, 0.8, 1.2, 0.5, 1.0, 2.0], random_state=3
+    )
     noise = np.random.default_rng(0).uniform(x.min(0), x.max(0), size=(60, 4))
     return np.vstack([x, noise])
 
 
 @pytest.mark.parametrize(
     "method, epsilon, mcs",
-    [("eom", 0.0, 10), ("leaf", 0.0, 10), ("eom", 0.0, 25), ("leaf", 0.0, 5), ("eom", 1.5, 10), ("leaf", 1.0, 10)],
+    [
+        ("eom", 0.0, 10),
+        ("leaf", 0.0, 10),
+        ("eom", 0.0, 25),
+        ("leaf", 0.0, 5),
+        ("eom", 1.5, 10),
+        ("leaf", 1.0, 10),
+    ],
 )
 def test_same_as_hdbscan_on_the_same_mst(blobs_with_noise, method, epsilon, mcs):
     ref = hdbscan.HDBSCAN(
@@ -33,7 +42,7 @@ def test_same_as_hdbscan_on_the_same_mst(blobs_with_noise, method, epsilon, mcs)
     assert ref.labels_.max() >= 1
     # same partition and same noise (cluster numbering may differ)
     np.testing.assert_array_equal(mine.labels < 0, ref.labels_ < 0)
-    pairs = set(zip(mine.labels.tolist(), ref.labels_.tolist()))
+    pairs = set(zip(mine.labels.tolist(), ref.labels_.tolist(), strict=True))
     assert len(pairs) == len({a for a, _ in pairs}) == len({b for _, b in pairs})
     np.testing.assert_allclose(mine.probabilities, ref.probabilities_, atol=1e-5)
     np.testing.assert_allclose(mine.outlier_scores, ref.outlier_scores_, atol=1e-5)

@@ -35,7 +35,7 @@ def test_saved_run_config_reused_by_stage_commands(tmp_path):
     EngineConfig(out=str(out), corpus="x.csv", k=12, min_cluster_size=7, milvus_token="secret").save(out / "run.toml")
     assert "secret" not in (out / "run.toml").read_text()
     config = config_from_args(build_parser().parse_args(["cluster", "--out", str(out), "--min-cluster-size", "9"]))
-    assert (config.k, config.min_cluster_size, config.corpus) == (12, 9, None)
+    assert (config.k, config.min_cluster_size, config.corpus) == (12, 9, "x.csv")
 
 
 def test_validation_names_the_parameter():

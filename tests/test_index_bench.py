@@ -193,6 +193,9 @@ def test_recommend_pareto_and_table() -> None:
     assert recommend(df) is None
     table = format_table(df)
     assert "HNSW ef=64" in table and "1.0*" in table
+    from engine.bench.plot import short_label
+
+    assert short_label("HNSW M=16 efConstruction=200 | ef=32") == "HNSW M16 efC200 ef32"
 
 
 @pytest.mark.server

@@ -198,3 +198,26 @@ def test_write_map_all_noise_and_sampling(tmp_path):
     assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
     with pytest.raises(EngineError, match="cluster"):
         write_map(frame.drop(columns=["cluster"]), tmp_path / "b.html", None)
+
+
+def test_project_2d_on_engine_knngraph():
+    graph_mod = pytest.importorskip("engine.graph")
+    v, labels = blobs(200, seed=5)
+    graph = graph_mod.exact_knn(v, k=15, device="cpu", progress=False)
+    emb = project_2d(graph, n_neighbors=15, vectors=v, backend="cpu")
+    assert emb.shape == (200, 2) and np.isfinite(emb).all()
+    d2 = ((emb[:, None, :] - emb[None, :, :]) ** 2).sum(-1)
+    np.fill_diagonal(d2, np.inf)
+    assert (labels[d2.argmin(1)] == labels).mean() > 0.95
+
+
+def test_layout_features_is_a_small_projection():
+    from engine.project import layout_features
+
+    v, _ = blobs(50, dim=200)
+    f = layout_features(v, dim=16, block=7)
+    assert f.shape == (50, 16) and f.dtype == np.float32
+    assert np.allclose(
+        f, v @ (np.random.default_rng(0).normal(size=(200, 16)).astype(np.float32) / 4.0), atol=1e-4
+    )
+    assert layout_features(v[:, :8]).shape == (50, 8)  # small dims pass through

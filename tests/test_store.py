@@ -200,7 +200,9 @@ def test_lite_direct_search_equals_grpc(tmp_path, vecs, index_type, metric) -> N
     np.testing.assert_allclose(a_raw, b_raw, rtol=1e-6, atol=1e-6)
 
 
-def test_reindex_existing_collection_with_another_type(tmp_path, vecs) -> None:
+@pytest.mark.parametrize("direct", [True, False])
+def test_reindex_existing_collection_with_another_type(tmp_path, vecs, direct) -> None:
+    """Build params reach Lite on both paths (nlist=4 with nprobe=4 scans every list: exact)."""
     ids, x = vecs
     path = str(tmp_path / "m.db")
     with MilvusStore(path, index_type="FLAT") as st:
@@ -208,7 +210,7 @@ def test_reindex_existing_collection_with_another_type(tmp_path, vecs) -> None:
         st.insert(ids, x)
         st.build_index()
         flat_ids, _ = st.search(x[:5], limit=4)
-    with MilvusStore(path, index_type="IVF_FLAT", index_params={"nlist": 8}) as st:
+    with MilvusStore(path, index_type="IVF_FLAT", index_params={"nlist": 8}, lite_direct=direct) as st:
         st.ensure_collection(16)  # resume: the rows are kept
         assert st.count() == 400
         params = st.build_index({"nlist": 4})
@@ -217,3 +219,16 @@ def test_reindex_existing_collection_with_another_type(tmp_path, vecs) -> None:
         assert got
         ivf_ids, _ = st.search(x[:5], limit=4, search_params={"nprobe": 4})  # nprobe == nlist: exact
     np.testing.assert_array_equal(np.sort(ivf_ids, axis=1), np.sort(flat_ids, axis=1))
+
+
+def test_existing_ids_then_search_still_builds_the_index(tmp_path, vecs) -> None:
+    """Resume flow on one store: existing_ids() must not leave search on Lite's silent brute force."""
+    ids, x = vecs
+    with MilvusStore(str(tmp_path / "m.db"), index_type="HNSW") as st:
+        st.ensure_collection(16)
+        st.insert(ids[:200], x[:200])
+        assert st.existing_ids().size == 200
+        st.insert(ids[200:], x[200:])
+        hit_ids, _ = st.search(x[:3], limit=2)
+        assert st.client.list_indexes(st.collection)  # search built the index first
+        np.testing.assert_array_equal(hit_ids[:, 0], ids[:3])

@@ -43,6 +43,8 @@ from engine.errors import EngineError
 log = logging.getLogger(__name__)
 
 DEFAULT_SWEEP = ("FLAT", "IVF_FLAT", "HNSW")
+#: Milvus 2.3 minSegmentNumRowsToEnableIndex: smaller segments are brute-forced whatever the index.
+SMALL_SEGMENT_ROWS = 1024
 COLUMNS = [
     "config",
     "index_type",
@@ -303,6 +305,8 @@ class IndexBench:
         n_queries: int = 200,
         batch_nq: int = 100,
         latency_queries: int = 50,
+        repeats: int = 3,
+        build_timeout: float = 3600.0,
         graph_k: int = 15,
         min_cluster_size: int = 10,
         min_samples: int | None = None,
@@ -321,6 +325,8 @@ class IndexBench:
         self.n_queries = n_queries
         self.batch_nq = batch_nq
         self.latency_queries = latency_queries
+        self.repeats = repeats
+        self.build_timeout = build_timeout
         self.graph_k = graph_k
         self.min_cluster_size = min_cluster_size
         self.min_samples = min_samples
@@ -337,7 +343,7 @@ class IndexBench:
     def _validate(self, n: int, dim: int) -> None:
         if not self.configs:
             raise EngineError("no index configs to benchmark (--index)")
-        for name in ("k", "n_queries", "batch_nq", "min_cluster_size"):
+        for name in ("k", "n_queries", "batch_nq", "min_cluster_size", "repeats"):
             if int(getattr(self, name)) < 1:
                 raise EngineError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.latency_queries < 0 or self.graph_k < 0:
@@ -461,11 +467,16 @@ class IndexBench:
         )
         t0 = time.perf_counter()
         try:
-            client.create_index(name, params, timeout=None)
+            client.create_index(name, params, timeout=self.build_timeout)
         except Exception as exc:  # noqa: BLE001
-            raise EngineError(f"create_index {cfg.label} failed: {str(exc).splitlines()[0][:200]}") from None
-        if not store.is_lite:
-            store._wait_index_built(poll=0.2)
+            # A long build on Milvus Lite can outlive the gRPC keepalive (GOAWAY "too_many_pings");
+            # pymilvus then retries and Lite answers "index already exists" for the finished build.
+            existing = (client.describe_index(name, "vector") or {}) if "already exists" in str(exc) else {}
+            if str(existing.get("index_type", "")).upper() != cfg.index_type:
+                raise EngineError(
+                    f"create_index {cfg.label} failed: {str(exc).splitlines()[0][:200]}"
+                ) from None
+        desc = self._wait_built(client, name, cfg, t0) if not store.is_lite else {}
         build_s = time.perf_counter() - t0
         desc = client.describe_index(name, "vector") or {}
         if str(desc.get("index_type", cfg.index_type)).upper() != cfg.index_type:
@@ -487,6 +498,21 @@ class IndexBench:
             size, source = cfg.estimate_bytes(n, dim), "estimate"
         return build_s, load_s, size, source
 
+    def _wait_built(self, client: Any, name: str, cfg: IndexConfig, t0: float) -> dict[str, Any]:
+        """A server builds per segment in the background: poll until built; Failed/timeout -> EngineError."""
+        while True:
+            desc = client.describe_index(name, "vector") or {}
+            state = str(desc.get("state", "")).lower()
+            if state == "failed":
+                raise EngineError(f"{cfg.label}: index build failed: {desc.get('index_state_fail_reason')}")
+            if int(desc.get("pending_index_rows", 0) or 0) == 0 and state in ("finished", ""):
+                return desc
+            if time.perf_counter() - t0 > self.build_timeout:
+                raise EngineError(
+                    f"{cfg.label}: index not built after {self.build_timeout:g} s (--build-timeout)"
+                )
+            time.sleep(0.2)
+
     def _measure(
         self,
         store: Any,
@@ -502,11 +528,14 @@ class IndexBench:
         k = self.k
         queries = vectors[q_pos]
         store.search(queries[:1], limit=k + 1)  # warm-up
-        t0 = time.perf_counter()
         hit_ids = np.empty((len(q_pos), k + 1), dtype=np.int64)
-        for s in range(0, len(q_pos), self.batch_nq):
-            hit_ids[s : s + self.batch_nq], _ = store.search(queries[s : s + self.batch_nq], limit=k + 1)
-        qps = len(q_pos) / (time.perf_counter() - t0)
+        best = np.inf
+        for _ in range(self.repeats):  # best of N passes: shared machines make single passes noisy
+            t0 = time.perf_counter()
+            for s in range(0, len(q_pos), self.batch_nq):
+                hit_ids[s : s + self.batch_nq], _ = store.search(queries[s : s + self.batch_nq], limit=k + 1)
+            best = min(best, time.perf_counter() - t0)
+        qps = len(q_pos) / best
         recall = recall_at_k(hit_ids, ids, q_pos, vectors, gt_sim, k)
         lat = []
         for i in range(min(self.latency_queries, len(q_pos))):
@@ -703,6 +732,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument("--queries", type=int, default=200, help="query sample size (default 200)")
     parser.add_argument("--batch-nq", type=int, default=100, help="queries per batched search (default 100)")
     parser.add_argument("--latency-queries", type=int, default=50, help="single-query searches for p50/p99")
+    parser.add_argument("--repeats", type=int, default=3, help="batched passes; QPS is the best (default 3)")
+    parser.add_argument(
+        "--build-timeout", type=float, default=3600.0, help="seconds to wait for an index build"
+    )
     parser.add_argument("--graph-k", type=int, default=15, help="kNN graph k for the ARI column; 0 skips it")
     parser.add_argument("--min-cluster-size", type=int, default=10)
     parser.add_argument("--min-samples", type=int, default=None)
@@ -748,6 +781,8 @@ def run(args: argparse.Namespace) -> int:
         n_queries=args.queries,
         batch_nq=args.batch_nq,
         latency_queries=args.latency_queries,
+        repeats=args.repeats,
+        build_timeout=args.build_timeout,
         graph_k=args.graph_k,
         min_cluster_size=args.min_cluster_size,
         min_samples=args.min_samples,
@@ -770,16 +805,24 @@ def run(args: argparse.Namespace) -> int:
         "k": args.k,
         "queries": min(args.queries, vs.vectors.shape[0]),
         "graph_k": args.graph_k,
+        "repeats": args.repeats,
         "min_cluster_size": args.min_cluster_size,
         "command": "engine bench-index " + " ".join(sys.argv[1:]) if sys.argv else "",
         "recommendation": rec,
     }
+    if not bench.server_version_.startswith("milvus_lite") and meta["n"] < SMALL_SEGMENT_ROWS:
+        meta["note"] = (
+            f"{meta['n']} rows: Milvus 2.3 builds no real index on a segment under {SMALL_SEGMENT_ROWS} rows "
+            "(it searches it by brute force), so these configs differ only by noise"
+        )
     paths = write_outputs(bench, out, meta, plots=not args.no_plots)
     print(
         f"Milvus {bench.server_version_}: {len(bench.results_)} configs, {meta['n']} x {meta['dim']} vectors"
     )
     for t, why in bench.skipped_.items():
         print(f"skipped {t}: {why}")
+    if meta.get("note"):
+        print("note: " + meta["note"])
     print(format_table(bench.results_))
     print(
         f"(* = estimated size; recall@{args.k} on {meta['queries']} queries; "

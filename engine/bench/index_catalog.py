@@ -496,7 +496,9 @@ def _dedupe(configs: list[IndexConfig]) -> list[IndexConfig]:
 PROBE_DIM = 16
 #: create_index never returns for these on milvus 2.3.5 (FIELD-NOTES): probed last.
 HANG_PRONE = ("DISKANN",)
-PROBE_ROWS = 512
+#: Above Milvus 2.3's minSegmentNumRowsToEnableIndex (1,024): a smaller sealed segment gets no real
+#: index (describe_index says Finished, search brute-forces), so a GPU type would look supported.
+PROBE_ROWS = 2048
 
 
 def _probe_config(index_type: str) -> IndexConfig:
@@ -624,15 +626,23 @@ def probe_support(
                 metric_type=metric.upper(),
                 params=wire_index_params(cfg.index_params(), lite),
             )
-            done, exc = _run_with_timeout(lambda p=params, n=name: client.create_index(n, p), timeout)
+            done, exc = _run_with_timeout(
+                lambda p=params, n=name: client.create_index(n, p, timeout=timeout), timeout + 15
+            )
             if not done:
                 result[index_type] = f"create_index did not return within {timeout:g} s"
                 hung = True
                 continue
             if exc is not None:
-                result[index_type] = _short(exc)
+                msg = _short(exc)
+                if "timeout" in msg.lower():
+                    msg = f"index accepted but not built within {timeout:g} s ({msg[:80]})"
+                result[index_type] = msg
                 continue
             desc = client.describe_index(name, "vector") or {}
+            if str(desc.get("state", "")).lower() == "failed":
+                result[index_type] = f"index build failed: {desc.get('index_state_fail_reason')}"
+                continue
             reported = str(desc.get("index_type", "")).upper()
             if reported and reported != index_type:
                 result[index_type] = f"Milvus built {reported} instead"

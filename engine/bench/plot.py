@@ -25,6 +25,12 @@ def _colour(df: pd.DataFrame) -> tuple[np.ndarray, str]:
     return np.asarray(df["recall"], dtype=float), "recall"
 
 
+def short_label(label: str) -> str:
+    """Compact point labels: 'HNSW M=16 efConstruction=200 | ef=32' -> 'HNSW M16 efC200 ef32'."""
+    out = label.replace("efConstruction", "efC").replace(" | ", " ").replace("sq_type=", "")
+    return out.replace("=", "")
+
+
 def _front(df: pd.DataFrame) -> pd.DataFrame:
     if "pareto" in df:
         front = df[df["pareto"].astype(bool)]
@@ -99,8 +105,15 @@ def pareto_png(df: pd.DataFrame, path: str | os.PathLike, title: str = "") -> st
     front = _front(df)
     ax.plot(front["qps"], front["recall"], ":", color="grey", label="Pareto front")
     for r in df.itertuples():
-        ax.annotate(str(r.config), (r.qps, r.recall), fontsize=6, xytext=(4, 3), textcoords="offset points")
+        ax.annotate(
+            short_label(str(r.config)),
+            (r.qps, r.recall),
+            fontsize=6,
+            xytext=(4, 3),
+            textcoords="offset points",
+        )
     ax.set_xscale("log")
+    ax.margins(x=0.2, y=0.05)
     ax.set_xlabel("batched queries per second (log)")
     ax.set_ylabel("recall@k")
     ax.set_title(title or "Index sweep: recall vs QPS (size = build time)", fontsize=9)

@@ -65,7 +65,8 @@ def from_knn_arrays(indices: np.ndarray, distances: np.ndarray) -> EdgeArrays:
     if missing.any():
         dist = dist.copy()
         dist[missing] = np.inf
-    rows_sorted = bool(k < 2 or (np.diff(dist.reshape(n, k), axis=1) >= 0).all())
+    square = dist.reshape(n, k)
+    rows_sorted = bool(k < 2 or (square[:, 1:] >= square[:, :-1]).all())
     indptr = np.arange(0, n * k + 1, k, dtype=np.int64)
     return EdgeArrays(indptr, idx, dist, n, rows_sorted)
 

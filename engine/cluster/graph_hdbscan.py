@@ -55,21 +55,29 @@ def validate_params(
     backend: Any,
 ) -> int:
     """Raise EngineError naming the bad parameter; return the effective min_samples."""
-    if isinstance(min_cluster_size, bool) or not isinstance(min_cluster_size, Integral) or min_cluster_size < 2:
+    if (
+        isinstance(min_cluster_size, bool)
+        or not isinstance(min_cluster_size, Integral)
+        or min_cluster_size < 2
+    ):
         raise EngineError(f"min_cluster_size must be an integer >= 2, got {min_cluster_size!r}")
     if min_samples is None:
         min_samples = min_cluster_size
     if isinstance(min_samples, bool) or not isinstance(min_samples, Integral) or min_samples < 1:
         raise EngineError(f"min_samples must be an integer >= 1 or None, got {min_samples!r}")
     if cluster_selection_method not in METHODS:
-        raise EngineError(f"cluster_selection_method must be 'eom' or 'leaf', got {cluster_selection_method!r}")
+        raise EngineError(
+            f"cluster_selection_method must be 'eom' or 'leaf', got {cluster_selection_method!r}"
+        )
     if (
         isinstance(cluster_selection_epsilon, bool)
         or not isinstance(cluster_selection_epsilon, Real)
         or not np.isfinite(cluster_selection_epsilon)
         or cluster_selection_epsilon < 0
     ):
-        raise EngineError(f"cluster_selection_epsilon must be a finite number >= 0, got {cluster_selection_epsilon!r}")
+        raise EngineError(
+            f"cluster_selection_epsilon must be a finite number >= 0, got {cluster_selection_epsilon!r}"
+        )
     if backend not in BACKENDS:
         raise EngineError(f"backend must be one of {', '.join(BACKENDS)}; got {backend!r}")
     return int(min_samples)
@@ -137,7 +145,12 @@ def cluster_graph(
             vectors, min_cluster_size, ms, cluster_selection_method, cluster_selection_epsilon
         )
         return ClusterResult(
-            labels, probs, scores, "cuml", int(labels.max()) + 1 if labels.size else 0, time.perf_counter() - t0
+            labels,
+            probs,
+            scores,
+            "cuml",
+            int(labels.max()) + 1 if labels.size else 0,
+            time.perf_counter() - t0,
         )
     edges = as_edge_arrays(graph)
     if vectors is not None and len(vectors) != edges.n:
@@ -145,7 +158,9 @@ def cluster_graph(
     if edges.n == 0:
         empty = np.zeros(0, dtype=np.float32)
         return ClusterResult(np.zeros(0, dtype=np.int64), empty, empty, "cpu", 0, 0.0)
-    return _cluster_cpu(edges, min_cluster_size, ms, cluster_selection_method, float(cluster_selection_epsilon))
+    return _cluster_cpu(
+        edges, min_cluster_size, ms, cluster_selection_method, float(cluster_selection_epsilon)
+    )
 
 
 class GraphHDBSCAN:

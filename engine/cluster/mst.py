@@ -17,6 +17,7 @@ import numba
 import numpy as np
 
 from engine.cluster.edges import EdgeArrays
+from engine.errors import EngineError
 
 
 @numba.njit(cache=True)
@@ -43,74 +44,136 @@ def uf_union(parent, rank, a, b):
     return a
 
 
-@numba.njit(cache=True)
-def _boruvka(indptr, indices, distances, core):
-    n = indptr.shape[0] - 1
-    parent = np.arange(n, dtype=np.int32)
-    rank = np.zeros(n, dtype=np.uint8)
-    comp = np.arange(n, dtype=np.int32)
-    best_w = np.full(n, np.inf, dtype=np.float32)
-    best_p = np.full(n, -1, dtype=np.int64)
-    best_a = np.full(n, -1, dtype=np.int32)
-    best_b = np.full(n, -1, dtype=np.int32)
-    src = np.empty(max(n - 1, 0), dtype=np.int32)
-    dst = np.empty(max(n - 1, 0), dtype=np.int32)
-    wts = np.empty(max(n - 1, 0), dtype=np.float64)
-    n_edges = 0
-    active = np.arange(n, dtype=np.int32)
-    n_active = n
-    while n_active > 0 and n_edges < n - 1:
-        n_next = 0
-        for t in range(n_active):
-            i = active[t]
-            ci = comp[i]
-            cdi = core[i]
-            if cdi == np.inf:
+NO_EDGE = np.uint64(0xFFFFFFFFFFFFFFFF)
+NEG_ZERO = np.uint64(0x80000000)
+INF_BITS = np.uint64(0x7F800000)
+
+
+SHIFT = np.uint64(32)
+LOW = np.uint64(0xFFFFFFFF)
+
+
+@numba.njit(parallel=True, cache=True)
+def _scan(indptr, indices, dist_bits, packed, active, n_active, best_t, counts):
+    """One Borůvka round's edge scan, split over threads; each thread has its own ``best`` row.
+
+    ``packed[i]`` = (component << 32) | core-distance bits, so one random read per neighbour.
+    Rows with no finite crossing edge are dropped from ``active`` (compacted in place per chunk).
+    """
+    n_threads = best_t.shape[0]
+    chunk = (n_active + n_threads - 1) // n_threads
+    for t in numba.prange(n_threads):
+        lo = t * chunk
+        hi = min(n_active, lo + chunk)
+        best = best_t[t]
+        cnt = 0
+        for q in range(lo, hi):
+            i = active[q]
+            pi = packed[i]
+            ci = np.int64(pi >> SHIFT)
+            cbi = pi & LOW
+            if cbi >= INF_BITS:
                 continue  # every edge of i is infinite: i joins at the bridge step
             crossing = False
             for p in range(indptr[i], indptr[i + 1]):
                 j = indices[p]
                 if j < 0 or j == i:
                     continue
-                cj = comp[j]
+                pj = packed[j]
+                cj = np.int64(pj >> SHIFT)
                 if cj == ci:
                     continue
-                w = max(cdi, core[j], distances[p])
-                if w == np.inf:
+                w = max(cbi, pj & LOW)
+                db = np.uint64(dist_bits[p])
+                if db != NEG_ZERO and db > w:
+                    w = db
+                if w >= INF_BITS:
                     continue
                 crossing = True
-                if w < best_w[ci] or (w == best_w[ci] and p < best_p[ci]):
-                    best_w[ci] = w
-                    best_p[ci] = p
-                    best_a[ci] = i
-                    best_b[ci] = j
-                if w < best_w[cj] or (w == best_w[cj] and p < best_p[cj]):
-                    best_w[cj] = w
-                    best_p[cj] = p
-                    best_a[cj] = i
-                    best_b[cj] = j
+                key = (w << SHIFT) | np.uint64(p)
+                if key < best[ci]:
+                    best[ci] = key
+                if key < best[cj]:
+                    best[cj] = key
             if crossing:
-                active[n_next] = i
+                active[lo + cnt] = i
+                cnt += 1
+        counts[t] = cnt
+
+
+@numba.njit(parallel=True, cache=True)
+def _reduce_best(best_t, best):
+    n = best.shape[0]
+    for c in numba.prange(n):
+        m = NO_EDGE
+        for t in range(best_t.shape[0]):
+            if best_t[t, c] < m:
+                m = best_t[t, c]
+            best_t[t, c] = NO_EDGE
+        best[c] = m
+
+
+@numba.njit(cache=True)
+def _boruvka(indptr, indices, dist_bits, core_bits, uniform_k, n_threads):
+    """Borůvka rounds over the stored rows.
+
+    Weights are compared as the bit patterns of non-negative float32 values (same order, integer
+    max), and each component keeps one uint64 key = (weight bits << 32) | edge position: one
+    compare and one store per candidate, and ties fall to the lower edge position.
+    """
+    n = indptr.shape[0] - 1
+    parent = np.arange(n, dtype=np.int32)
+    rank = np.zeros(n, dtype=np.uint8)
+    packed = np.empty(n, dtype=np.uint64)
+    for i in range(n):
+        packed[i] = (np.uint64(i) << SHIFT) | np.uint64(core_bits[i])
+    best_t = np.full((n_threads, n), NO_EDGE, dtype=np.uint64)
+    best = np.full(n, NO_EDGE, dtype=np.uint64)
+    counts = np.zeros(n_threads, dtype=np.int64)
+    src = np.empty(max(n - 1, 0), dtype=np.int32)
+    dst = np.empty(max(n - 1, 0), dtype=np.int32)
+    wts = np.empty(max(n - 1, 0), dtype=np.float64)
+    bits = np.empty(1, dtype=np.uint32)
+    as_float = bits.view(np.float32)
+    n_edges = 0
+    active = np.arange(n, dtype=np.int32)
+    n_active = n
+    while n_active > 0 and n_edges < n - 1:
+        _scan(indptr, indices, dist_bits, packed, active, n_active, best_t, counts)
+        # compact the per-thread survivors of ``active``
+        chunk = (n_active + n_threads - 1) // n_threads
+        n_next = 0
+        for t in range(n_threads):
+            lo = t * chunk
+            for q in range(lo, lo + counts[t]):
+                active[n_next] = active[q]
                 n_next += 1
+        _reduce_best(best_t, best)
         added = 0
         for c in range(n):
-            if best_p[c] < 0:
+            key = best[c]
+            if key == NO_EDGE:
                 continue
-            ra = uf_find(parent, best_a[c])
-            rb = uf_find(parent, best_b[c])
+            p = np.int64(key & LOW)
+            if uniform_k > 0:
+                a = p // uniform_k
+            else:
+                a = np.searchsorted(indptr, p, side="right") - 1
+            b = indices[p]
+            ra = uf_find(parent, a)
+            rb = uf_find(parent, b)
             if ra != rb:
                 uf_union(parent, rank, ra, rb)
-                src[n_edges] = best_a[c]
-                dst[n_edges] = best_b[c]
-                wts[n_edges] = best_w[c]
+                bits[0] = np.uint32(key >> SHIFT)
+                src[n_edges] = a
+                dst[n_edges] = b
+                wts[n_edges] = as_float[0]
                 n_edges += 1
                 added += 1
-            best_w[c] = np.inf
-            best_p[c] = -1
         if added == 0:
             break
         for i in range(n):
-            comp[i] = uf_find(parent, i)
+            packed[i] = (np.uint64(uf_find(parent, i)) << SHIFT) | np.uint64(core_bits[i])
         n_active = n_next
     roots = np.empty(n, dtype=np.int32)
     for i in range(n):
@@ -138,5 +201,13 @@ def bridge_components(
 
 def minimum_spanning_tree(edges: EdgeArrays, core: np.ndarray) -> tuple[np.ndarray, int]:
     """(N-1, 3) float64 MST rows (i, j, mutual reachability), +inf bridges; and the component count."""
-    src, dst, weights, roots = _boruvka(edges.indptr, edges.indices, edges.distances, core)
+    if edges.indices.shape[0] >= 2**32:
+        raise EngineError(f"graph: {edges.indices.shape[0]} edges; the MST packs edge positions in 32 bits")
+    degrees = np.diff(edges.indptr)
+    uniform_k = int(degrees[0]) if edges.n and (degrees == degrees[0]).all() else 0
+    core32 = np.maximum(np.asarray(core, dtype=np.float32), np.float32(0))  # no -0.0 bit patterns
+    dist_bits = edges.distances.view(np.uint32)
+    src, dst, weights, roots = _boruvka(
+        edges.indptr, edges.indices, dist_bits, core32.view(np.uint32), uniform_k, numba.get_num_threads()
+    )
     return bridge_components(src, dst, weights, roots)

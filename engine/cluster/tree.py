@@ -54,14 +54,11 @@ def glosh_scores(parent, child, lambda_val, n_points):
         return np.zeros(n_points, dtype=np.float32)
     n_nodes = max(parent.max(), child.max()) + 1
     deaths = _finite_deaths(parent, lambda_val, n_nodes)
-    # Child clusters always carry larger ids than their parent (BFS numbering): a descending
-    # sweep over cluster rows propagates subtree maxima bottom-up.
-    order = np.argsort(child)[::-1]
-    for r in order:
+    # Rows are in BFS order (a cluster's row comes after its parent's), so a reverse sweep over
+    # the cluster rows propagates subtree maxima bottom-up, as hdbscan's loop does.
+    for r in range(parent.shape[0] - 1, -1, -1):
         c = child[r]
-        if c < n_points:
-            break
-        if deaths[c] > deaths[parent[r]]:
+        if c >= n_points and deaths[c] > deaths[parent[r]]:
             deaths[parent[r]] = deaths[c]
     out = np.zeros(n_points, dtype=np.float32)
     for r in range(parent.shape[0]):

@@ -280,10 +280,10 @@ def load_encoder(
     prec = dtype_name(dtype) if fast else "library default precision"
     _say(f"loading {spec.name} ({spec.kind}) from {spec.source} on {','.join(devices)} ({prec})")
     if spec.kind == "bge-m3":
-        # fp32 weights in, cast once by the loop (loading fp16 first would round bf16 weights twice)
-        flag = load_flag_model(
-            spec.path, device=devices[0], use_fp16=not fast and dtype_name(dtype) != "fp32"
-        )
+        # fp32 weights in, cast once by the loop (loading fp16 first would round bf16 weights twice);
+        # the reference path uses FlagEmbedding's fp16 only on GPU (on CPU its encode runs fp32 anyway)
+        half = not fast and devices[0].startswith("cuda") and dtype_name(dtype) != "fp32"
+        flag = load_flag_model(spec.path, device=devices[0], use_fp16=half)
         hf_model, tokenizer = flag.model.model, flag.tokenizer
         dim = int(hf_model.config.hidden_size)
         if not fast:
@@ -291,7 +291,7 @@ def load_encoder(
                 spec.name,
                 dim,
                 devices[0],
-                "fp32" if devices[0] == "cpu" or dtype_name(dtype) == "fp32" else "fp16",
+                "fp16" if half else "fp32",
                 "flagembedding",
                 spec.source,
                 max_length,
