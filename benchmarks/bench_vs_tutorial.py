@@ -157,14 +157,18 @@ def worker_tutorial_tail(
     from engine.graph import exact_knn
 
     state: dict[str, Any] = {"times": {}, "note": "search replaced by exact kNN (not timed)"}
-    g = exact_knn(vectors, TUTORIAL_SEARCH_LIMIT - 1, device="cpu", progress=False)
+    # BENCH_TAIL_STAGES=umap measures UMAP alone (e.g. after hdbscan hit the memory cap).
+    stages = os.environ.get("BENCH_TAIL_STAGES", "graph,cluster,umap").split(",")
+    state["stages_requested"] = stages
     ids = list(range(len(vectors)))
-    dist = {
-        i: [(i, 0.0)] + [(int(j), float(d) ** 2) for j, d in zip(g.indices[i], g.distances[i], strict=True)]
-        for i in ids
-    }
-    del g
-    for name in ("graph", "cluster", "umap"):
+    dist: dict[int, list[tuple[int, float]]] = {}
+    if "graph" in stages:
+        g = exact_knn(vectors, TUTORIAL_SEARCH_LIMIT - 1, device="cpu", progress=False)
+        for i in ids:
+            pairs = zip(g.indices[i].tolist(), g.distances[i].tolist(), strict=True)
+            dist[i] = [(i, 0.0)] + [(j, d * d) for j, d in pairs]
+        del g
+    for name in stages:
         t0 = time.perf_counter()
         if name == "graph":
             matrix = tutorial_matrix(ids, dist)

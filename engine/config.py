@@ -55,8 +55,8 @@ class EngineConfig:
     # graph
     graph_source: str = "milvus"  # milvus | exact
     k: int = 30
-    workers: int = 2
-    search_batch: int = 256
+    workers: int | None = None  # None -> measured best per backend (Lite 2, server 4)
+    search_batch: int | None = None  # None -> 256 query vectors per request
     # cluster
     min_cluster_size: int = 5
     min_samples: int | None = 3
@@ -115,7 +115,7 @@ class EngineConfig:
             "n_keywords",
         )
         for name in positive:
-            if getattr(self, name) < 1:
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise EngineError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.min_cluster_size < 2:
             raise EngineError(f"--min-cluster-size must be >= 2, got {self.min_cluster_size}")

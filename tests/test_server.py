@@ -198,11 +198,6 @@ def test_resume_after_server_restart_mid_ingest(milvus_server_handle, milvus_ser
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    reason="engine/store.py does not yet retry the errors a restarting server gives "
-    "('find no available rootcoord', 'empty grpc client', 'node not match')",
-    strict=False,
-)
 def test_store_rides_out_a_restart_during_inserts(milvus_server_handle, milvus_server: str) -> None:
     """Inserts keep going while the server restarts: the store's retry/backoff must cover ≈10 s."""
     if milvus_server_handle is None:

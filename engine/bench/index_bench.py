@@ -60,6 +60,7 @@ COLUMNS = [
     "size_source",
     "graph_s",
     "graph_recall",
+    "graph_missing",
     "ari",
     "n_clusters",
     "n_clusters_exact",
@@ -559,6 +560,7 @@ class IndexBench:
             g = milvus_graph(store, vectors, ids, self.graph_k, progress=self.progress)
             row["graph_s"] = time.perf_counter() - t0
             row["graph_recall"] = graph_recall(g, exact_g)
+            row["graph_missing"] = int(np.sum(np.asarray(g.indices) < 0))
             labels = cluster_labels(g, self.min_cluster_size, self.min_samples)
             n_c = int(labels.max() + 1) if labels.size else 0
             n_e = int(exact_clusters.max() + 1) if exact_clusters.size else 0
@@ -825,8 +827,8 @@ def run(args: argparse.Namespace) -> int:
         print("note: " + meta["note"])
     print(format_table(bench.results_))
     print(
-        f"(* = estimated size; recall@{args.k} on {meta['queries']} queries; "
-        f"ARI vs HDBSCAN on the exact k={args.graph_k} graph)"
+        f"(* = estimated size; recall@{args.k} on {meta['queries']} queries"
+        + (f"; ARI vs HDBSCAN on the exact k={args.graph_k} graph)" if args.graph_k else ")")
     )
     if rec is not None:
         if rec.get("config") is None:

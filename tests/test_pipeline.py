@@ -1,0 +1,74 @@
+"""The Python API: Pipeline runs the stages in-process and exposes pandas results; stage re-runs reuse outputs."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from engine.config import EngineConfig
+from engine.errors import EngineError
+from engine.pipeline import Pipeline, resolve_index
+
+
+def headlines(shared_data_dir: str) -> str:
+    return os.path.join(shared_data_dir, "news_headlines_2024", "news_data_dedup.csv")
+
+
+def test_resolve_index_auto():
+    assert resolve_index("auto", 1_000, None) == ("FLAT", None)
+    assert resolve_index("auto", 200_000, None) == ("HNSW", {"M": 16, "efConstruction": 200})
+    assert resolve_index("ivf_flat", 10, {"nlist": 8}) == ("IVF_FLAT", {"nlist": 8})
+
+
+def test_api_returns_pandas_and_exact_graph_matches_milvus_flat(tmp_path, shared_data_dir):
+    config = EngineConfig(
+        corpus=headlines(shared_data_dir),
+        out=str(tmp_path / "run"),
+        model="all-MiniLM-L6-v2",
+        limit=200,
+        k=15,
+        graph_source="exact",
+    )
+    with Pipeline(config, progress=False) as pipe:
+        summary = pipe.run()
+    assert isinstance(pipe.labels_, pd.DataFrame) and len(pipe.labels_) == 200
+    assert isinstance(pipe.report_.clusters, pd.DataFrame)
+    assert summary.documents == 200
+    assert summary.clusters == pipe.labels_.loc[pipe.labels_.cluster >= 0, "cluster"].nunique()
+    exact = pipe.graph_
+
+    # the Milvus (FLAT) graph stage on the same run directory gives the same neighbours
+    milvus_pipe = Pipeline(config.updated({"graph_source": "milvus", "corpus": None}), progress=False)
+    graph = milvus_pipe.build_graph()
+    same = np.mean([len(set(a) & set(b)) / len(a) for a, b in zip(graph.indices, exact.indices, strict=True)])
+    assert same > 0.99  # ties at equal distance may order differently
+    np.testing.assert_allclose(np.sort(graph.distances, axis=1), np.sort(exact.distances, axis=1), atol=1e-5)
+
+
+def test_stage_without_its_inputs_names_the_missing_step(tmp_path):
+    pipe = Pipeline(EngineConfig(out=str(tmp_path / "empty")), progress=False)
+    with pytest.raises(EngineError, match="embeddings.npy not found: run `engine embed CORPUS):
+        pipe.build_graph()
+
+
+@pytest.mark.server
+@pytest.mark.skipif(importlib.util.find_spec("milvus") is None, reason="PyPI package `milvus` not installed")
+def test_engine_managed_local_server(tmp_path, shared_data_dir):
+    config = EngineConfig(
+        corpus=headlines(shared_data_dir),
+        out=str(tmp_path / "run"),
+        model="all-MiniLM-L6-v2",
+        limit=120,
+        k=10,
+        milvus_uri="local-server",
+    )
+    pipe = Pipeline(config, progress=False)
+    summary = pipe.run()
+    assert pipe._server is None  # stopped when the run ended
+    assert summary.documents == 120
+    assert (tmp_path / "run" / "milvus_server").is_dir()
+    assert len(pd.read_parquet(tmp_path / "run" / "labels.parquet")) == 120
