@@ -43,6 +43,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 SHARED = ROOT.parent / "shared" / "data"
 STAGES = ("insert", "search", "graph", "cluster", "umap")
+TAIL_STAGES = ("graph", "cluster", "umap")
 
 
 # --------------------------------------------------------------------------------------------------
@@ -339,8 +340,7 @@ def compare(
     complete = all(s in tut["times"] for s in STAGES) and all(s in eng["times"] for s in STAGES)
     t_total = sum(tut["times"].values())
     e_total = sum(eng["times"].values())
-    ratios["total"] = round(t_total / e_total, 2) if complete and e_total else None
-    ratios["total_lower_bound"] = None if complete or not e_total else round(t_total / e_total, 2)
+    ratios["total"] = round(t_total / e_total, 2) if complete and e_total else None  # see "summary"
     pk_t = max(tut.get("peak_rss_mb", 0), tut["sampled_peak_rss_mb"])
     pk_e = max(eng.get("peak_rss_mb", 0), eng["sampled_peak_rss_mb"])
     ratios["peak_rss"] = round(pk_t / pk_e, 2) if pk_e else None
@@ -354,6 +354,63 @@ def compare(
         "ratio_tutorial_over_engine": ratios,
         "ari_tutorial_vs_engine_labels": labels_ari,
     }
+
+
+def finalize(result: dict[str, Any], tail_files: list[Path]) -> dict[str, Any]:
+    """Merge tail-only measurements and write a per-stage summary per size, with honest bounds.
+
+    A tutorial run stopped by the time cap gets its unfinished stage as a lower bound (the cap minus
+    the stages it finished minus 60 s of start-up); stages it never reached are taken from the
+    tail-only runs when there are any (marked ``tail``), and a stage killed by the memory cap is
+    reported as such, never as a number.
+    """
+    tails: dict[int, dict[str, Any]] = {}
+    for f in tail_files:
+        for run in json.loads(Path(f).read_text()).get("runs", []):
+            tails.setdefault(run["n"], {}).setdefault("runs", []).append(run["tutorial_tail"])
+    for run in result["runs"]:
+        if "engine" not in run:
+            continue
+        tut, eng = run["tutorial"], run["engine"]
+        rows, t_total, exact = {}, 0.0, True
+        for st in STAGES:
+            e = eng["times"].get(st)
+            t, how = tut["times"].get(st), "measured"
+            if t is None and tut.get("capped", "").startswith("time cap"):
+                unfinished = [x for x in STAGES if x not in tut["times"]][0]
+                if st == unfinished:
+                    t, how = (
+                        max(0.0, tut["wall_s"] - sum(tut["times"].values()) - 60.0),
+                        "lower bound (time cap)",
+                    )
+            if t is None:
+                for tail in tails.get(run["n"], {}).get("runs", []):
+                    if st in tail["times"]:
+                        t, how = tail["times"][st], "tail-only run"
+                    elif tail.get("capped") and st in tail.get("stages_requested", TAIL_STAGES):
+                        nxt = [x for x in tail.get("stages_requested", TAIL_STAGES) if x not in tail["times"]]
+                        if nxt and nxt[0] == st and t is None:
+                            how = f"killed: {tail['capped']} (peak {tail['sampled_peak_rss_mb']:.0f} MB)"
+            if t is None and how == "measured":
+                how = "not reached"
+            if how != "measured":
+                exact = False
+            t_total += t or 0.0
+            ratio = round(t / e, 2) if t is not None and e else None
+            rows[st] = {"tutorial_s": t, "tutorial_how": how, "engine_s": e, "ratio": ratio}
+        e_total = sum(eng["times"].values())
+        run["summary"] = {
+            "stages": rows,
+            "total": {
+                "tutorial_s": round(t_total, 1),
+                "engine_s": round(e_total, 1),
+                "ratio": round(t_total / e_total, 2) if e_total else None,
+                "ratio_is": "measured" if exact else "lower bound (some tutorial stages capped or missing)",
+            },
+        }
+        if run["n"] in tails:
+            run["tutorial_tail_runs"] = tails[run["n"]]["runs"]
+    return result
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -374,6 +431,9 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="measure only the tutorial's matrix/hdbscan/UMAP stages on exact neighbours; add to --out",
     )
+    ap.add_argument(
+        "--finalize", nargs="*", metavar="TAIL_JSON", help="merge tail-only results into --out and summarise"
+    )
     ap.add_argument("--prepare-only", action="store_true", help="embed and cache the vectors, then stop")
     ap.add_argument("--worker", choices=["tutorial", "engine", "tutorial_tail"], help=argparse.SUPPRESS)
     ap.add_argument("--n", type=int, help=argparse.SUPPRESS)
@@ -384,6 +444,10 @@ def main(argv: list[str] | None = None) -> None:
     cache_dir = Path(args.cache_dir)
     if args.worker:
         worker_main(args.worker, args.n, cache_dir, Path(args.status), args.as_cap_mb, args.synthetic_worker)
+        return
+    if args.finalize is not None:
+        out = Path(args.out)
+        _write(out, finalize(json.loads(out.read_text()), [Path(f) for f in args.finalize]))
         return
     if args.tutorial_tail:  # add tail-only tutorial measurements to an existing result file
         out = Path(args.out)
@@ -423,7 +487,7 @@ def main(argv: list[str] | None = None) -> None:
         _write(out, result)
         print(json.dumps(result["runs"][-1]["ratio_tutorial_over_engine"]), file=sys.stderr)
     result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
-    _write(out, result)
+    _write(out, finalize(result, []))
 
 
 if __name__ == "__main__":

@@ -263,18 +263,20 @@ def main(argv: list[str] | None = None) -> int:
     if not argv:
         parser.print_help()
         return 2
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    # Tools with their own argument parsers get the rest of the command line untouched.
+    if argv[0] == "bench-index":
+        from engine.bench.index_bench import main as bench_main
+
+        _setup_logging(False)
+        return bench_main(argv[1:])
+    if argv[0] == "doctor":
+        from engine.doctor import main as doctor_main
+
+        return doctor_main(argv[1:])
     args = parser.parse_args(argv)
     _setup_logging(getattr(args, "quiet", False))
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     try:
-        if args.command == "bench-index":
-            from engine.bench.index_bench import main as bench_main
-
-            return bench_main(args.rest)
-        if args.command == "doctor":
-            from engine.doctor import main as doctor_main
-
-            return doctor_main(args.rest)
         return _run_stage(args)
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)

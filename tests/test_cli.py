@@ -42,7 +42,10 @@ def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str) -> N
         (["run", "does_not_exist.csv"], ["corpus file not found", "does_not_exist.csv"]),
         (["run", "{news}", "--text-column", "body"], ["--text-column 'body'", "title"]),
         (["run", "{news}", "--index-params", "{M:"], ["--index-params is not valid JSON"]),
-        (["run", "{news}", "--min-samples", "50", "--k", "10"], ["--min-samples (50) must not exceed --k (10)"]),
+        (
+            ["run", "{news}", "--min-samples", "50", "--k", "10"],
+            ["--min-samples (50) must not exceed --k (10)"],
+        ),
         (["cluster", "--out", "{tmp}/never_ran"], ["knn_graph.npz not found", "engine graph"]),
         (["run", "{latin}"], ["cannot decode byte", "--encoding"]),
         (["run", "{empty}"], ["zero usable rows"]),
@@ -129,7 +132,10 @@ def test_stage_rerun_on_saved_outputs(news_run):
     assert report.returncode == 0, report.stderr[-2000:]
     after = pd.read_parquet(out / "labels.parquet")
     assert len(after) == 870
-    assert after.loc[after.cluster >= 0, "cluster"].nunique() <= before.loc[before.cluster >= 0, "cluster"].nunique()
+    assert (
+        after.loc[after.cluster >= 0, "cluster"].nunique()
+        <= before.loc[before.cluster >= 0, "cluster"].nunique()
+    )
     # re-running embed on a finished run resumes: nothing is embedded twice
     again = engine("embed", "--out", str(out), "--quiet")
     assert again.returncode == 0, again.stderr[-2000:]

@@ -79,6 +79,18 @@ def test_components_smaller_than_min_cluster_size_are_noise():
     assert (result.labels[-2:] == -1).all() and result.n_clusters == 2
 
 
+def test_far_piece_of_a_disconnected_graph_keeps_the_clusters_of_the_rest():
+    # Regression: an IVF_FLAT kNN graph (100k synthetic, 198 exact clusters) had a few small pieces
+    # cut off (IVF never probed the cells between them); joined at lambda 0 the big piece won EOM:
+    # 2 clusters, no noise, ARI 0.0007. Here: two uniform 1-d lattices 1.5 apart + one far lattice.
+    x = np.concatenate([np.arange(30.0), 30.5 + np.arange(30.0), 1000 + np.arange(30.0)])[:, None]
+    idx, dist = _knn(x.astype(np.float32), 4)
+    result = cluster_graph((idx, dist), min_cluster_size=10, min_samples=1)
+    assert result.n_components == 2
+    assert result.n_clusters == 3
+    assert adjusted_rand_score(np.repeat([0, 1, 2], 30), result.labels) == 1.0
+
+
 def test_duplicates_survive_and_share_a_cluster():
     x, _ = _blobs(n=400, centers=3)
     x = np.vstack([x, x[:50]])  # 50 exact duplicates: zero distances in the graph

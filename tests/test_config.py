@@ -11,7 +11,9 @@ from engine.errors import EngineError
 
 def test_toml_tables_are_flattened(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text('model = "all-MiniLM-L6-v2"\n[cluster]\nmin_cluster_size = 12\n[store]\nindex_params = {M = 8}\n')
+    path.write_text(
+        'model = "all-MiniLM-L6-v2"\n[cluster]\nmin_cluster_size = 12\n[store]\nindex_params = {M = 8}\n'
+    )
     options = load_toml(path)
     assert options == {"model": "all-MiniLM-L6-v2", "min_cluster_size": 12, "index_params": {"M": 8}}
     bad = tmp_path / "bad.toml"
@@ -32,9 +34,13 @@ def test_flags_override_config_file(tmp_path):
 
 def test_saved_run_config_reused_by_stage_commands(tmp_path):
     out = tmp_path / "o"
-    EngineConfig(out=str(out), corpus="x.csv", k=12, min_cluster_size=7, milvus_token="secret").save(out / "run.toml")
+    EngineConfig(out=str(out), corpus="x.csv", k=12, min_cluster_size=7, milvus_token="secret").save(
+        out / "run.toml"
+    )
     assert "secret" not in (out / "run.toml").read_text()
-    config = config_from_args(build_parser().parse_args(["cluster", "--out", str(out), "--min-cluster-size", "9"]))
+    config = config_from_args(
+        build_parser().parse_args(["cluster", "--out", str(out), "--min-cluster-size", "9"])
+    )
     assert (config.k, config.min_cluster_size, config.corpus) == (12, 9, "x.csv")
 
 

@@ -51,7 +51,7 @@ def test_api_returns_pandas_and_exact_graph_matches_milvus_flat(tmp_path, shared
 
 def test_stage_without_its_inputs_names_the_missing_step(tmp_path):
     pipe = Pipeline(EngineConfig(out=str(tmp_path / "empty")), progress=False)
-    with pytest.raises(EngineError, match="embeddings.npy not found: run `engine embed CORPUS):
+    with pytest.raises(EngineError, match="embeddings.npy not found: run `engine embed CORPUS"):
         pipe.build_graph()
 
 

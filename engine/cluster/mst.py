@@ -7,8 +7,9 @@ rows whose neighbours all sit in the point's own component, so later rounds touc
 Ties are broken by (weight, edge position), a total order, so the chosen edges never form a cycle.
 
 A disconnected graph (or a point whose core distance is +inf) leaves several trees; HDBSCAN*
-defines their mutual reachability as infinite, so the forest is completed with +inf edges, which
-the condensed tree turns into lambda = 0 splits: each piece becomes its own cluster or noise.
+defines their mutual reachability as infinite, so the forest is completed with +inf edges. The
+hierarchy step (``tree.finite_bridges``) then joins the pieces just above the largest finite MST
+weight (and epsilon) rather than at lambda = 0, so that a piece cut off by an approximate graph does not win EOM.
 """
 
 from __future__ import annotations
