@@ -17,7 +17,14 @@ import time
 import numpy as np
 import pytest
 
-from engine.bench.index_catalog import get_index_class, probe_support, server_version, wire_index_params
+from engine.bench.index_catalog import (
+    create_vector_collection,
+    drop_all_indexes,
+    get_index_class,
+    probe_support,
+    server_version,
+    wire_index_params,
+)
 
 N = int(os.environ.get("BENCH_N", "5000"))
 DIM = int(os.environ.get("BENCH_DIM", "64"))
@@ -63,14 +70,7 @@ def support(client) -> dict[str, str | None]:
 
 
 def _create(client, name: str) -> None:
-    from pymilvus import DataType
-
-    if client.has_collection(name):
-        client.drop_collection(name)
-    schema = client.create_schema(auto_id=False)
-    schema.add_field("id", DataType.INT64, is_primary=True)
-    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=DIM)
-    client.create_collection(name, schema=schema)
+    create_vector_collection(client, name, DIM)
 
 
 def _rows(v: np.ndarray) -> list[dict]:
@@ -79,12 +79,7 @@ def _rows(v: np.ndarray) -> list[dict]:
 
 def _build(client, name: str, index_type: str, lite: bool) -> None:
     cfg = get_index_class(index_type)(**TYPES[index_type])
-    try:
-        client.release_collection(name)
-    except Exception:  # noqa: BLE001 - not loaded
-        pass
-    for idx in client.list_indexes(name) or []:
-        client.drop_index(name, idx)
+    drop_all_indexes(client, name)
     p = client.prepare_index_params()
     p.add_index(
         "vector",

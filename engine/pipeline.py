@@ -21,6 +21,7 @@ import pandas as pd
 
 from engine.config import RUN_CONFIG_NAME, EngineConfig
 from engine.errors import EngineError
+from engine.store import mask_uri
 
 log = logging.getLogger("engine")
 
@@ -209,6 +210,11 @@ class Pipeline:
             return json.loads(self.paths.embeddings_meta.read_text())
         return {}
 
+    def _write_embeddings_meta(self, encoder: Any, complete: bool) -> None:
+        """``complete`` flips to true only after ingest returns, so later stages refuse a half-embedded run."""
+        meta = {"model": encoder.name, "dim": encoder.dim, "n": len(self.frame), "complete": complete}
+        self.paths.embeddings_meta.write_text(json.dumps(meta))
+
     def open_store(self, dim: int | None = None):
         """A MilvusStore on the configured URI; the index is resolved from the corpus size."""
         from engine.store import MilvusStore
@@ -292,9 +298,7 @@ class Pipeline:
                     f"{self.paths.embeddings} holds vectors of model {meta.get('model')!r}, not {encoder.name!r}: "
                     "add --restart to re-embed, or use another --out"
                 )
-            self.paths.embeddings_meta.write_text(
-                json.dumps({"model": encoder.name, "dim": encoder.dim, "n": len(frame), "complete": False})
-            )
+            self._write_embeddings_meta(encoder, complete=False)
             with self.open_store(dim=encoder.dim) as store:
                 result = ingest(
                     frame,
@@ -304,9 +308,7 @@ class Pipeline:
                     restart=cfg.restart,
                     progress=self.progress,
                 )
-            self.paths.embeddings_meta.write_text(
-                json.dumps({"model": encoder.name, "dim": encoder.dim, "n": len(frame), "complete": True})
-            )
+            self._write_embeddings_meta(encoder, complete=True)
         self.ingest_ = result
         self.details_["model"] = f"{encoder.name} ({encoder.dim}-d, {encoder.device})"
         return result
@@ -488,7 +490,7 @@ class Pipeline:
             summary.details["ingest"] = (
                 f"{r.n_embedded} embedded, {r.n_existing} already stored, {r.docs_per_s:.1f} docs/s"
             )
-        summary.details["milvus"] = _mask_uri(self.config.resolved_milvus_uri)
+        summary.details["milvus"] = mask_uri(self.config.resolved_milvus_uri)
         for name in (
             "map_html",
             "map_png",
@@ -504,11 +506,3 @@ class Pipeline:
         self.paths.summary.write_text(json.dumps(summary.to_dict(), indent=2))
         summary.outputs["summary"] = str(self.paths.summary)
         return summary
-
-
-def _mask_uri(uri: str) -> str:
-    """Never print credentials that a user may have put into the URI itself."""
-    if "@" in uri and "://" in uri:
-        scheme, rest = uri.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return uri

@@ -32,6 +32,7 @@ from engine.bench.index_catalog import (
     CATALOG,
     IndexConfig,
     check_supported,
+    drop_all_indexes,
     load_sweep_toml,
     parse_specs,
     probe_support,
@@ -450,12 +451,7 @@ class IndexBench:
     ) -> tuple[float, float, int, str]:
         """Drop any index, create this one (timed until built), then release+load (timed)."""
         client = store.client
-        try:
-            client.release_collection(name)
-        except Exception:  # noqa: BLE001 - not loaded
-            pass
-        for idx in client.list_indexes(name) or []:
-            client.drop_index(name, idx)
+        drop_all_indexes(client, name)
         store.index_type = cfg.index_type
         store.index_params = cfg.index_params()
         store.search_params = cfg.search_params()

@@ -561,6 +561,28 @@ def default_probe_cache() -> Path:
     return Path(base) / "engine" / "index_support.json"
 
 
+def create_vector_collection(client: Any, name: str, dim: int) -> None:
+    """A fresh (id INT64 primary key, vector FLOAT_VECTOR) collection, replacing one of that name."""
+    from pymilvus import DataType
+
+    if client.has_collection(name):
+        client.drop_collection(name)
+    schema = client.create_schema(auto_id=False)
+    schema.add_field("id", DataType.INT64, is_primary=True)
+    schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
+    client.create_collection(name, schema=schema)
+
+
+def drop_all_indexes(client: Any, name: str) -> None:
+    """Release the collection (if loaded) and drop its indexes, so another index type can be built."""
+    try:
+        client.release_collection(name)
+    except Exception:  # noqa: BLE001 - not loaded
+        pass
+    for idx in client.list_indexes(name) or []:
+        client.drop_index(name, idx)
+
+
 def probe_support(
     client: Any,
     index_types: Iterable[str] | None = None,
@@ -579,7 +601,6 @@ def probe_support(
     returns on milvus 2.3.5). Results are cached per server version.
     """
     import numpy as np
-    from pymilvus import DataType
 
     types = [get_index_class(t).index_type for t in (index_types or CATALOG)]
     version = server_version(client)
@@ -611,12 +632,7 @@ def probe_support(
         name = f"{collection_prefix}_{index_type.lower()}_{os.getpid()}_{int(time.time() * 1000) % 100000}"
         cfg = _probe_config(index_type)
         try:
-            if client.has_collection(name):
-                client.drop_collection(name)
-            schema = client.create_schema(auto_id=False)
-            schema.add_field("id", DataType.INT64, is_primary=True)
-            schema.add_field("vector", DataType.FLOAT_VECTOR, dim=PROBE_DIM)
-            client.create_collection(name, schema=schema)
+            create_vector_collection(client, name, PROBE_DIM)
             client.insert(name, rows)
             client.flush(name)
             params = client.prepare_index_params()
