@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from engine.cluster import cluster_graph  # noqa: E402
 from engine.config import EngineConfig  # noqa: E402
-from engine.graph import build_knn_graph, exact_knn  # noqa: E402
+from engine.graph import build_knn_graph, exact_knn, tune_search_params  # noqa: E402
 from engine.pipeline import Pipeline  # noqa: E402
 from engine.project import project_2d  # noqa: E402
 
@@ -98,12 +98,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--index", default="HNSW")
     parser.add_argument("--index-params", default='{"M": 16, "efConstruction": 200}')
     parser.add_argument("--search-params", default='{"ef": 128}')
+    parser.add_argument(
+        "--target-recall",
+        type=float,
+        default=None,
+        help="tune the search knob (ef/nprobe) on a sample until recall@k reaches this; "
+        "the tuning time counts in the graph stage",
+    )
+    parser.add_argument("--tune-sample", type=int, default=1000, help="queries used for tuning")
     parser.add_argument("--k", type=int, default=30)
     parser.add_argument("--min-cluster-size", type=int, default=50)
     parser.add_argument("--min-samples", type=int, default=10)
     parser.add_argument("--n-neighbors", type=int, default=15)
     parser.add_argument("--recall-sample", type=int, default=2000)
     parser.add_argument("--no-umap", action="store_true")
+    parser.add_argument(
+        "--compare-exact",
+        action="store_true",
+        help="also build the exact kNN graph of all N (N^2 dim flops: minutes at 100k, hours at 1M on 2 cores) "
+        "and report the ARI of the Milvus-graph labels vs the exact-graph labels",
+    )
     parser.add_argument("--out", default=None, help="JSON result file")
     args = parser.parse_args(argv)
 
@@ -171,8 +185,30 @@ def main(argv: list[str] | None = None) -> int:
 
         rss.reset()
         t = time.perf_counter()
+        search_params = json.loads(args.search_params)
+        tuning = None
+        if args.target_recall is not None:
+            tuning = tune_search_params(
+                store,
+                vectors,
+                ids,
+                k=args.k,
+                target_recall=args.target_recall,
+                sample=args.tune_sample,
+                search_params=None,
+                workers=config.workers,
+                batch_size=config.search_batch,
+            )
+            search_params = tuning.search_params
+            print(f"tuned search params {search_params}: {tuning.trials}", flush=True)
         graph = build_knn_graph(
-            store, vectors, ids, k=args.k, workers=config.workers, batch_size=config.search_batch
+            store,
+            vectors,
+            ids,
+            k=args.k,
+            workers=config.workers,
+            batch_size=config.search_batch,
+            search_params=search_params,
         )
         graph.save(run_dir)
         record("graph", t)
@@ -202,6 +238,27 @@ def main(argv: list[str] | None = None) -> int:
 
     from sklearn.metrics import adjusted_rand_score
 
+    exact_graph = None
+    if args.compare_exact:
+        t = time.perf_counter()
+        full_exact = exact_knn(vectors, args.k)
+        exact_result = cluster_graph(
+            full_exact, min_cluster_size=args.min_cluster_size, min_samples=args.min_samples, backend="cpu"
+        )
+        exact_graph = {
+            "seconds": round(time.perf_counter() - t, 1),
+            "recall@k_full": round(float(graph.recall_against(full_exact)), 4),
+            "clusters": int(exact_result.n_clusters),
+            "ari_milvus_vs_exact_graph": round(
+                float(adjusted_rand_score(exact_result.labels, result.labels)), 4
+            ),
+        }
+        if truth is not None:
+            exact_graph["ari_exact_graph_vs_truth"] = round(
+                float(adjusted_rand_score(truth, exact_result.labels)), 4
+            )
+        print(f"exact graph: {exact_graph}", flush=True)
+
     out = {
         "command": "python benchmarks/bench_pipeline.py "
         + " ".join(argv if argv is not None else sys.argv[1:]),
@@ -211,8 +268,10 @@ def main(argv: list[str] | None = None) -> int:
         "index": {
             "type": args.index,
             "build_params": index_params,
-            "search_params": json.loads(args.search_params),
+            "search_params": search_params,
         },
+        "tuning": tuning.to_dict() if tuning is not None else None,
+        "graph_qps": graph.meta.get("qps"),
         "k": args.k,
         "stages": stages,
         "total_seconds": round(sum(s["seconds"] for s in stages.values()), 1),
@@ -224,6 +283,8 @@ def main(argv: list[str] | None = None) -> int:
         "noise_share": round(float((result.labels < 0).mean()), 4),
         "graph_components": int(graph.n_components()) if hasattr(graph, "n_components") else None,
     }
+    if exact_graph is not None:
+        out["exact_graph"] = exact_graph
     if truth is not None:
         out["ari_vs_truth"] = round(float(adjusted_rand_score(truth, result.labels)), 4)
     print(json.dumps(out, indent=2))

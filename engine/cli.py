@@ -68,8 +68,9 @@ STORE_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     (
         "--milvus-uri",
         {
-            "help": "Milvus URI: a local file for Milvus Lite (default DIR/milvus.db), http://host:19530, or "
-            "local-server (the engine runs a standalone Milvus in DIR/milvus_server; faster past ~50k docs)"
+            "help": "Milvus URI: a local file for Milvus Lite, http://host:19530, or local-server (the engine "
+            "runs a standalone Milvus in DIR/milvus_server). Default: DIR/milvus.db (Lite) up to 50k documents, "
+            "local-server above"
         },
     ),
     (
@@ -94,6 +95,21 @@ GRAPH_OPTIONS: list[tuple[str, dict[str, Any]]] = [
         {"type": int, "help": "parallel search workers (default: 2 on Milvus Lite, 4 on a server)"},
     ),
     ("--search-batch", {"type": int, "help": "query vectors per search request (default 256)"}),
+    (
+        "--target-recall",
+        {
+            "type": float,
+            "help": "raise the search knob (HNSW ef, IVF nprobe) until recall@k on a sample reaches this "
+            "(default 0.95); a knob set in --search-params is kept and only measured",
+        },
+    ),
+    (
+        "--recall-sample",
+        {
+            "type": int,
+            "help": "queries checked against exact neighbours to measure recall (default 1000; 0 = off)",
+        },
+    ),
 ]
 CLUSTER_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--min-cluster-size", {"type": int, "help": "HDBSCAN min_cluster_size (default 5)"}),

@@ -43,7 +43,7 @@ class EngineConfig:
     batch_size: int | None = None
     max_length: int = 512
     # store
-    milvus_uri: str | None = None  # None -> <out>/milvus.db (Milvus Lite)
+    milvus_uri: str | None = None  # None -> Lite file <out>/milvus.db, or local-server past 50k docs
     milvus_token: str | None = field(default=None, repr=False)
     db_name: str | None = None
     collection: str = "engine_docs"
@@ -57,6 +57,8 @@ class EngineConfig:
     k: int = 30
     workers: int | None = None  # None -> measured best per backend (Lite 2, server 4)
     search_batch: int | None = None  # None -> 256 query vectors per request
+    target_recall: float = 0.95  # tune ef/nprobe on a sample until recall@k reaches this
+    recall_sample: int = 1000  # queries with exact neighbours for measuring/tuning recall; 0 = skip
     # cluster
     min_cluster_size: int = 5
     min_samples: int | None = 3
@@ -126,6 +128,10 @@ class EngineConfig:
                 f"--min-samples ({self.min_samples}) must not exceed --k ({self.k}): core distances need "
                 "that many neighbours in the graph"
             )
+        if not 0 < self.target_recall <= 1:
+            raise EngineError(f"--target-recall must be within (0, 1], got {self.target_recall}")
+        if self.recall_sample < 0:
+            raise EngineError(f"--recall-sample must be >= 0, got {self.recall_sample}")
         if self.cluster_selection_epsilon < 0:
             raise EngineError(
                 f"--cluster-selection-epsilon must be >= 0, got {self.cluster_selection_epsilon}"

@@ -172,7 +172,7 @@ def ingest(
     restart: bool = False,
     insert_batch: int = 2000,
     progress: bool = True,
-    flush_every: int = 100_000,
+    flush_every: int | None = None,
     queue_size: int = 2,
 ) -> IngestResult:
     """Embed ``frame`` (columns ``id``, ``text``) into ``vectors_path`` and Milvus; resume what is stored.
@@ -180,6 +180,8 @@ def ingest(
     ``restart=True`` drops the collection and the vector file and starts over. Rows whose id is already in
     Milvus are skipped (their vectors are on disk by construction); if such a row's vector is missing from
     the file (the file was deleted), it is re-embedded into the file but not inserted again.
+    ``flush_every`` rows (None: 100,000 on Milvus Lite; only at the end on a server, where each flush
+    seals a segment and each sealed segment is one more index that every graph query searches).
     """
     from tqdm.auto import tqdm
 
@@ -217,6 +219,8 @@ def ingest(
         n_existing = int(in_store.sum())
 
         q: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
+        if flush_every is None:
+            flush_every = 100_000 if getattr(store, "is_lite", True) else 0
         writer = _Writer(store, q, flush_every)
         writer.start()
         bar = tqdm(total=len(todo), desc="embed+ingest", unit="doc", disable=not progress)

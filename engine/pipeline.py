@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -32,6 +34,39 @@ AUTO_HNSW_PARAMS = {"M": 16, "efConstruction": 200}
 # for the duration of the command. Measured 4.3x faster than Milvus Lite for the whole 20k graph
 # (benchmarks/results/graph_20k*.json), so it is the better embedded choice past ~50k documents.
 LOCAL_SERVER_URI = "local-server"
+# The embedded default (no --milvus-uri, no $MILVUS_URI): a Milvus Lite file up to this many documents
+# (no process to start, one file), the engine-managed local server above it. Lite 3.x searches at
+# ~110-200 q/s (Python per hit) -> ~2 h for a 1M graph; the server does the 100k graph at >1,000 q/s.
+AUTO_SERVER_MIN_DOCS = 50_000
+
+
+def local_server_available() -> bool:
+    """True when the PyPI ``milvus`` package (a bundled standalone server, Linux/macOS) is importable."""
+    import importlib.util
+
+    return sys.platform != "win32" and importlib.util.find_spec("milvus") is not None
+
+
+def choose_embedded_milvus(root: Path, n_documents: int) -> str:
+    """Milvus Lite for small corpora, the engine-managed server past ``AUTO_SERVER_MIN_DOCS``.
+
+    A store already in the run directory wins, so later stage commands and resumed runs find
+    their data whatever the corpus size.
+    """
+    lite = root / "milvus.db"
+    if lite.exists():
+        return str(lite)
+    if (root / "milvus_server").exists():
+        return LOCAL_SERVER_URI
+    if n_documents > AUTO_SERVER_MIN_DOCS:
+        if local_server_available():
+            return LOCAL_SERVER_URI
+        log.warning(
+            "milvus: %d documents on Milvus Lite will be slow (the graph search runs at ~150 q/s); "
+            "install the `milvus` package or pass --milvus-uri of a server",
+            n_documents,
+        )
+    return str(lite)
 
 
 @dataclass
@@ -153,9 +188,14 @@ class Pipeline:
             self._server.stop()
             self._server = None
 
+    def resolved_milvus_uri(self) -> str:
+        """--milvus-uri, else $MILVUS_URI, else the embedded default for this corpus size."""
+        explicit = self.config.milvus_uri or os.environ.get("MILVUS_URI")
+        return explicit or choose_embedded_milvus(self.paths.root, len(self.frame))
+
     def milvus_uri(self) -> str:
         """The URI to connect to; starts the engine-managed local server for ``local-server``."""
-        uri = self.config.resolved_milvus_uri
+        uri = self.resolved_milvus_uri()
         if uri != LOCAL_SERVER_URI:
             return uri
         if self._server is None:
@@ -331,6 +371,7 @@ class Pipeline:
                     # Always (re)build: the stored index may come from other --index settings.
                     params = store.build_index()
                     log.info("graph: %s index built with %s", store.index_type, params or "defaults")
+                    tuning = self._tune_search(store, vectors, ids)
                     graph = build_knn_graph(
                         store,
                         vectors,
@@ -339,11 +380,43 @@ class Pipeline:
                         workers=cfg.workers,
                         batch_size=cfg.search_batch,
                         progress=self.progress,
+                        search_params=tuning.search_params if tuning else None,
                     )
                 self.details_["graph"] = f"milvus {self.details_.get('index', '')} k={cfg.k}"
+                if tuning is not None:
+                    graph.meta["recall_check"] = tuning.to_dict()
+                    self.details_["graph"] += (
+                        f", recall@{cfg.k} {tuning.recall:.3f} on {tuning.sample:,} sampled queries "
+                        f"(search {tuning.search_params}{'' if tuning.met else ', BELOW target'})"
+                    )
             graph.save(self.paths.root)
         self.graph_ = graph
         return graph
+
+    def _tune_search(self, store: Any, vectors: np.ndarray, ids: np.ndarray):
+        """Measure (and, unless the user fixed the knob, tune) recall@k on a sample; None for exact indexes."""
+        from engine.graph.tune import SEARCH_KNOBS, tune_search_params
+
+        cfg = self.config
+        if not cfg.recall_sample or store.index_type in ("FLAT", "BRUTE_FORCE", "GPU_BRUTE_FORCE"):
+            return None
+        user_params = dict(cfg.search_params or {})
+        knob = SEARCH_KNOBS.get(store.index_type)
+        log.info("graph: checking recall@%d on %d sampled queries", cfg.k, min(cfg.recall_sample, len(ids)))
+        return tune_search_params(
+            store,
+            vectors,
+            ids,
+            k=cfg.k,
+            target_recall=cfg.target_recall,
+            sample=cfg.recall_sample,
+            search_params=user_params,
+            tune=knob is not None and knob not in user_params,
+            workers=cfg.workers,
+            batch_size=cfg.search_batch,
+            seed=cfg.seed,
+            progress=False,
+        )
 
     def _graph(self):
         if self.graph_ is None:
@@ -490,7 +563,12 @@ class Pipeline:
             summary.details["ingest"] = (
                 f"{r.n_embedded} embedded, {r.n_existing} already stored, {r.docs_per_s:.1f} docs/s"
             )
-        summary.details["milvus"] = mask_uri(self.config.resolved_milvus_uri)
+        uri = self.resolved_milvus_uri() if self.paths.corpus.exists() else self.config.resolved_milvus_uri
+        summary.details["milvus"] = (
+            f"local server ({self.paths.root / 'milvus_server'})"
+            if uri == LOCAL_SERVER_URI
+            else mask_uri(uri)
+        )
         for name in (
             "map_html",
             "map_png",

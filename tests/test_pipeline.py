@@ -72,3 +72,50 @@ def test_engine_managed_local_server(tmp_path, shared_data_dir):
     assert summary.documents == 120
     assert (tmp_path / "run" / "milvus_server").is_dir()
     assert len(pd.read_parquet(tmp_path / "run" / "labels.parquet")) == 120
+
+
+def test_embedded_default_by_corpus_size_and_existing_store(tmp_path, monkeypatch):
+    from engine import pipeline
+
+    monkeypatch.setattr(pipeline, "local_server_available", lambda: True)
+    root = tmp_path / "run"
+    root.mkdir()
+    assert pipeline.choose_embedded_milvus(root, 870) == str(root / "milvus.db")
+    assert pipeline.choose_embedded_milvus(root, 1_000_000) == "local-server"
+    # a store already in the run directory wins, whatever the size (resume, later stage commands)
+    (root / "milvus.db").mkdir()
+    assert pipeline.choose_embedded_milvus(root, 1_000_000) == str(root / "milvus.db")
+    other = tmp_path / "other"
+    (other / "milvus_server").mkdir(parents=True)
+    assert pipeline.choose_embedded_milvus(other, 10) == "local-server"
+    # without the server package a large corpus stays on Lite (with a warning)
+    monkeypatch.setattr(pipeline, "local_server_available", lambda: False)
+    assert pipeline.choose_embedded_milvus(tmp_path / "third", 1_000_000) == str(
+        tmp_path / "third" / "milvus.db"
+    )
+
+
+def test_graph_stage_tunes_and_reports_recall(tmp_path, shared_data_dir):
+    config = EngineConfig(
+        corpus=headlines(shared_data_dir),
+        out=str(tmp_path / "run"),
+        model="all-MiniLM-L6-v2",
+        limit=300,
+        k=10,
+        index="HNSW",
+        index_params={"M": 8, "efConstruction": 32},
+        recall_sample=150,
+        target_recall=0.97,
+    )
+    with Pipeline(config, progress=False) as pipe:
+        pipe.load_corpus()
+        pipe.embed()
+        graph = pipe.build_graph()
+    check = graph.meta["recall_check"]
+    assert check["sample"] == 150 and check["trials"][0]["search_params"] == {"ef": 32}
+    assert check["met"] == (check["recall"] >= 0.97)
+    assert "recall@10" in pipe.details_["graph"]
+    # a knob the user set is kept and only measured
+    fixed = Pipeline(config.updated({"search_params": {"ef": 11}, "corpus": None}), progress=False)
+    graph = fixed.build_graph()
+    assert [t["search_params"] for t in graph.meta["recall_check"]["trials"]] == [{"ef": 11}]

@@ -9,10 +9,12 @@ up in messages or logs.
 from __future__ import annotations
 
 import logging
+import re
 import socket
 import sys
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -299,3 +301,15 @@ def test_cli_run_with_env_token_against_dead_server(tiny_bge_m3_path, tmp_path) 
     for path in out.rglob("*") if out.exists() else []:
         if path.is_file() and path.stat().st_size < 5_000_000:
             assert b"Sup3r-S3cret" not in path.read_bytes(), path
+
+
+def test_server_config_favours_few_large_segments(milvus_server_handle) -> None:
+    """The engine's segment settings reach milvus.yaml (fewer segments -> fewer indexes per query)."""
+    if milvus_server_handle is None:
+        pytest.skip("external server: its config is not ours")
+    from engine.server import SERVER_SETTINGS
+
+    text = (Path(milvus_server_handle.data_dir) / "configs" / "milvus.yaml").read_text()
+    for key, value in SERVER_SETTINGS.items():
+        leaf = key.rsplit(".", 1)[1]
+        assert re.search(rf"^\s*{leaf}: {value}\b", text, flags=re.M), key

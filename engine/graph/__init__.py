@@ -8,5 +8,14 @@ from engine.graph.distances import to_euclidean
 from engine.graph.exact import exact_knn
 from engine.graph.knn import KnnGraph
 from engine.graph.milvus_knn import build_knn_graph, suggest_search_shape
+from engine.graph.tune import TuneResult, tune_search_params
 
-__all__ = ["KnnGraph", "build_knn_graph", "exact_knn", "suggest_search_shape", "to_euclidean"]
+__all__ = [
+    "KnnGraph",
+    "TuneResult",
+    "build_knn_graph",
+    "exact_knn",
+    "suggest_search_shape",
+    "to_euclidean",
+    "tune_search_params",
+]

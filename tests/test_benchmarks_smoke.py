@@ -1,0 +1,129 @@
+"""CI-sized runs of the large benchmarks, so the scripts cannot rot.
+
+The real runs (100k-1M vectors, minutes to an hour) are not in CI; their results live in
+benchmarks/results/ and benchmarks/RESULTS.md. Each test here runs one script end to end on a tiny
+input, through its command line, into a temporary directory, and checks the JSON it writes.
+(bench_pipeline: tests/test_bench_pipeline.py; bench_graph and synthetic: tests/test_graph.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH = ROOT / "benchmarks"
+
+
+def run_script(*args: str, timeout: float = 900, env: dict[str, str] | None = None) -> str:
+    proc = subprocess.run(
+        [sys.executable, *args],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout
+
+
+def test_bench_cluster_small(tmp_path) -> None:
+    out = tmp_path / "cluster.json"
+    run_script(
+        str(BENCH / "bench_cluster.py"), "--sizes", "2000", "--base-n", "2000",
+        "--paths", "engine", "fast_hdbscan_boruvka", "hdbscan_generic", "--timeout", "300", "--out", str(out),
+    )  # fmt: skip
+    rows = {r["path"]: r for r in json.loads(out.read_text())["rows"]}
+    assert set(rows) == {"engine", "fast_hdbscan_boruvka", "hdbscan_generic"}
+    assert not any(r.get("error") for r in rows.values()), rows
+    assert rows["engine"]["seconds"] > 0 and rows["engine"]["peak_rss_mb"] > 0
+    # one copy of the base graph (hdbscan's sparse path refuses the disconnected multi-copy graphs);
+    # same graph, same HDBSCAN*: the other paths must agree closely with the engine's labels
+    assert rows["hdbscan_generic"]["ari_vs_engine"] >= 0.9
+
+
+def test_fidelity_small(tmp_path, shared_data_dir) -> None:
+    out = tmp_path / "fidelity.json"
+    run_script(
+        str(BENCH / "fidelity.py"), "--datasets", "ag_news", "--ag-sample", "600",
+        "--sources", "exact", "HNSW", "--settings", "5:10", "--out", str(out),
+    )  # fmt: skip
+    data = json.loads(out.read_text())["datasets"]["ag_news_sample600"]
+    assert {g["source"] for s in data["settings"] for g in s["graphs"]} == {"exact", "HNSW"}
+    # the exact graph at k >= 3 * min_samples reproduces hdbscan on full distances (issue 4 goal)
+    exact_aris = _aris(data, source="exact", min_k=15)
+    assert exact_aris and min(exact_aris) >= 0.95, exact_aris
+
+
+def _aris(data: dict, source: str, min_k: int) -> list[float]:
+    """ARI vs hdbscan on full distances of every ``source`` graph with k >= ``min_k``."""
+    return [
+        float(g["ari_vs_full"])
+        for setting in data["settings"]
+        for g in setting["graphs"]
+        if g["source"] == source and g["k"] >= min_k
+    ]
+
+
+def test_bench_vs_tutorial_small(tmp_path) -> None:
+    out = tmp_path / "tutorial.json"
+    run_script(
+        str(BENCH / "bench_vs_tutorial.py"), "--sizes", "400", "--synthetic", "400",
+        "--cache-dir", str(tmp_path / "cache"), "--time-cap", "600", "--mem-cap-gb", "8", "--out", str(out),
+    )  # fmt: skip
+    text = out.read_text()
+    result = json.loads(text)
+    assert "400" in text and "tutorial" in text and "engine" in text
+    assert result
+
+
+def test_bench_index_ops_small(tmp_path) -> None:
+    out = tmp_path / "ops.json"
+    run_script(
+        "-m", "pytest", "-q", "-p", "no:cacheprovider", str(BENCH / "bench_index_ops.py"),
+        "--benchmark-json", str(out), "--benchmark-min-rounds", "1", "--benchmark-max-time", "0.1",
+        env={"BENCH_N": "600", "BENCH_DIM": "16"},
+    )  # fmt: skip
+    benches = json.loads(out.read_text())["benchmarks"]
+    assert benches and all(b["stats"]["mean"] > 0 for b in benches)
+
+
+def test_bench_embed_ingest_rss_small(tmp_path) -> None:
+    out = tmp_path / "ingest.json"
+    run_script(str(BENCH / "bench_embed.py"), "--ingest-rss", "300", "--out", str(out))
+    rows = json.loads(out.read_text())["results"]
+    assert len(rows) == 2 and all(r.get("peak_rss_mb", 0) > 0 for r in rows), rows
+
+
+@pytest.mark.server
+def test_server_index_support_small(tmp_path) -> None:
+    pytest.importorskip("milvus")
+    out = tmp_path / "support.json"
+    run_script(
+        str(BENCH / "server_index_support.py"), "--n", "1200", "--dim", "16", "--timeout", "20",
+        "--out", str(out),
+    )  # fmt: skip
+    text = json.loads(out.read_text())
+    assert "HNSW" in json.dumps(text) and "IVF_FLAT" in json.dumps(text)
+
+
+@pytest.mark.server
+def test_bench_segments_small(tmp_path) -> None:
+    pytest.importorskip("milvus")
+    out = tmp_path / "segments.json"
+    run_script(
+        str(BENCH / "bench_segments.py"), "--n", "3000", "--dim", "16", "--data-dir", str(tmp_path),
+        "--ef", "32", "--queries", "200", "--k", "10", "--insert-batch", "500", "--out", str(out),
+    )  # fmt: skip
+    layouts = {r["layout"]: r for r in json.loads(out.read_text())["layouts"]}
+    assert set(layouts) == {"milvus-defaults", "engine"}
+    for layout in layouts.values():
+        assert sum(layout["segment_rows"]) == 3000
+        assert layout["searches"][0]["recall@10"] >= 0.8
+    assert layouts["engine"]["segments"] <= layouts["milvus-defaults"]["segments"]
