@@ -113,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recall-sample", type=int, default=2000)
     parser.add_argument("--no-umap", action="store_true")
     parser.add_argument(
+        "--reuse-index",
+        action="store_true",
+        help="keep the collection and index a previous run left in --run-dir (insert and index stages "
+        "are then skipped and reported as reused)",
+    )
+    parser.add_argument(
         "--compare-exact",
         action="store_true",
         help="also build the exact kNN graph of all N (N^2 dim flops: minutes at 100k, hours at 1M on 2 cores) "
@@ -167,21 +173,29 @@ def main(argv: list[str] | None = None) -> int:
         rss.reset()
         t = time.perf_counter()
         store = pipe.open_store(dim=dim)
-        store.ensure_collection(dim, drop_existing=True)
-        for start in range(0, n, 10_000):
+        milvus_used = pipe.resolved_milvus_uri()
+        reuse = args.reuse_index and store.has_collection() and store.count() == n
+        if reuse:
+            print(f"reusing the stored collection ({n} rows) and its index", flush=True)
+            store.load()
+        else:
+            store.ensure_collection(dim, drop_existing=True)
+        for start in range(0, 0 if reuse else n, 10_000):
             stop = min(n, start + 10_000)
             store.insert(
                 ids[start:stop],
                 np.ascontiguousarray(vectors[start:stop]),
                 [f"doc {i}" for i in range(start, stop)],
             )
-        store.flush()
-        record("insert", t)
-
-        rss.reset()
-        t = time.perf_counter()
-        index_params = store.build_index()
-        record("index", t)
+        if not reuse:
+            store.flush()
+            record("insert", t)
+            rss.reset()
+            t = time.perf_counter()
+            index_params = store.build_index()
+            record("index", t)
+        else:
+            index_params = {"reused": True}
 
         rss.reset()
         t = time.perf_counter()
@@ -264,7 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "load_at_end": os.getloadavg()},
         "data": {"source": source, "n": n, "dim": dim},
-        "milvus": args.milvus_uri or "Milvus Lite (run dir)",
+        "milvus": milvus_used,
         "index": {
             "type": args.index,
             "build_params": index_params,

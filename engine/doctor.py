@@ -209,9 +209,13 @@ def auto_choices(cuda: bool, cuml_ok: bool) -> dict[str, Any]:
         exact_device = resolve_device("auto")
     except Exception:  # noqa: BLE001
         exact_device = "cuda" if cuda else "cpu"
+    from engine.pipeline import AUTO_SERVER_MIN_DOCS, local_server_available
+
+    server = "the engine-run local server" if local_server_available() else "Milvus Lite (no `milvus` package)"
     out["graph"] = {
         "source": "milvus (default; --graph exact for brute force)",
-        "index": "auto: FLAT up to 50k documents, HNSW above",
+        "milvus": f"Milvus Lite file up to {AUTO_SERVER_MIN_DOCS // 1000}k documents, {server} above",
+        "index": "auto: FLAT up to 50k documents, HNSW above; ef/nprobe tuned to recall@k >= 0.95 on a sample",
         "exact_knn_device": exact_device,
     }
     try:
@@ -339,6 +343,7 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(f"  embedding        {emb.get('device')} / {emb.get('precision')}")
     graph = auto.get("graph", {})
     lines.append(f"  graph            {graph.get('source')}; exact kNN on {graph.get('exact_knn_device')}")
+    lines.append(f"  embedded Milvus  {graph.get('milvus')}")
     lines.append(f"  Milvus index     {graph.get('index')}")
     cl = auto.get("cluster", {})
     lines.append(

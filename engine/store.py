@@ -491,12 +491,15 @@ class MilvusStore:
         self.load()
         return params
 
-    def _wait_index_built(self, poll: float = 1.0, stall_timeout: float = 900.0) -> None:
+    def _wait_index_built(self, poll: float = 1.0, stall_timeout: float | None = None) -> None:
         """A server builds indexes asynchronously per segment: poll until no rows are pending.
 
         Some builds never finish (DISKANN and GPU_IVF_FLAT on the 2.3.5 standalone server retry
         forever inside the server), so waiting stops with an error once ``pending_index_rows``
         has not gone down for ``stall_timeout`` seconds, or when the server reports a failure.
+        Pending rows only go down when a whole segment is done, and the engine's local server keeps
+        ~1M+ rows per segment (one 1M x 1024 HNSW segment took 1,331 s on 2 cores), so the default
+        timeout grows with the pending work: max(900 s, 3x that measured rate).
         """
         last_pending: int | None = None
         last_progress = time.monotonic()
@@ -513,6 +516,8 @@ class MilvusStore:
             pending = int(info.get("pending_index_rows", 0) or 0)
             if pending == 0:
                 return
+            if stall_timeout is None:
+                stall_timeout = max(900.0, 3 * 1.3e-6 * pending * int(self.dim or 1024))
             if last_pending is None or pending < last_pending:
                 last_pending, last_progress = pending, time.monotonic()
             elif time.monotonic() - last_progress > stall_timeout:
