@@ -211,7 +211,9 @@ def auto_choices(cuda: bool, cuml_ok: bool) -> dict[str, Any]:
         exact_device = "cuda" if cuda else "cpu"
     from engine.pipeline import AUTO_SERVER_MIN_DOCS, local_server_available
 
-    server = "the engine-run local server" if local_server_available() else "Milvus Lite (no `milvus` package)"
+    server = (
+        "the engine-run local server" if local_server_available() else "Milvus Lite (no `milvus` package)"
+    )
     out["graph"] = {
         "source": "milvus (default; --graph exact for brute force)",
         "milvus": f"Milvus Lite file up to {AUTO_SERVER_MIN_DOCS // 1000}k documents, {server} above",
