@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from engine.cluster import cluster_graph  # noqa: E402
 from engine.config import EngineConfig  # noqa: E402
 from engine.graph import build_knn_graph, exact_knn, tune_search_params  # noqa: E402
+from engine.graph.tune import sample_rows  # noqa: E402
 from engine.pipeline import Pipeline  # noqa: E402
 from engine.project import project_2d  # noqa: E402
 
@@ -228,8 +229,7 @@ def main(argv: list[str] | None = None) -> int:
         record("graph", t)
         store.close()
 
-    rng = np.random.default_rng(0)
-    sample = np.sort(rng.choice(n, size=min(args.recall_sample, n), replace=False))
+    sample = sample_rows(n, args.recall_sample, seed=0)
     t = time.perf_counter()
     exact = exact_knn(vectors, args.k, rows=sample)
     exact_seconds = time.perf_counter() - t

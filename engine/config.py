@@ -80,9 +80,14 @@ class EngineConfig:
         return Path(self.out)
 
     @property
+    def explicit_milvus_uri(self) -> str | None:
+        """--milvus-uri, else $MILVUS_URI; None means the embedded default (chosen by the Pipeline by corpus size)."""
+        return self.milvus_uri or os.environ.get("MILVUS_URI") or None
+
+    @property
     def resolved_milvus_uri(self) -> str:
-        """Explicit URI, else $MILVUS_URI, else a Milvus Lite file inside the run directory."""
-        return self.milvus_uri or os.environ.get("MILVUS_URI") or str(self.out_dir / "milvus.db")
+        """The explicit URI, else the Milvus Lite file in the run directory (before the corpus size is known)."""
+        return self.explicit_milvus_uri or str(self.out_dir / "milvus.db")
 
     @property
     def resolved_milvus_token(self) -> str | None:

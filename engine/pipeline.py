@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 import time
 from contextlib import contextmanager
@@ -190,8 +189,7 @@ class Pipeline:
 
     def resolved_milvus_uri(self) -> str:
         """--milvus-uri, else $MILVUS_URI, else the embedded default for this corpus size."""
-        explicit = self.config.milvus_uri or os.environ.get("MILVUS_URI")
-        return explicit or choose_embedded_milvus(self.paths.root, len(self.frame))
+        return self.config.explicit_milvus_uri or choose_embedded_milvus(self.paths.root, len(self.frame))
 
     def milvus_uri(self) -> str:
         """The URI to connect to; starts the engine-managed local server for ``local-server``."""
@@ -395,10 +393,10 @@ class Pipeline:
 
     def _tune_search(self, store: Any, vectors: np.ndarray, ids: np.ndarray):
         """Measure (and, unless the user fixed the knob, tune) recall@k on a sample; None for exact indexes."""
-        from engine.graph.tune import SEARCH_KNOBS, tune_search_params
+        from engine.graph.tune import EXACT_INDEXES, SEARCH_KNOBS, tune_search_params
 
         cfg = self.config
-        if not cfg.recall_sample or store.index_type in ("FLAT", "BRUTE_FORCE", "GPU_BRUTE_FORCE"):
+        if not cfg.recall_sample or store.index_type in EXACT_INDEXES:
             return None
         user_params = dict(cfg.search_params or {})
         knob = SEARCH_KNOBS.get(store.index_type)

@@ -38,6 +38,8 @@ SEARCH_KNOBS: dict[str, str] = {
     "GPU_IVF_PQ": "nprobe",
     "DISKANN": "search_list",
 }
+# Brute-force indexes: recall 1.0 by construction, nothing to measure or tune.
+EXACT_INDEXES = ("FLAT", "BRUTE_FORCE", "GPU_BRUTE_FORCE")
 LADDERS: dict[str, tuple[int, ...]] = {
     "ef": (32, 48, 64, 96, 128, 192, 256, 384, 512, 768),
     "nprobe": (8, 16, 32, 64, 128, 256, 512),
