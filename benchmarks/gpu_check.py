@@ -604,6 +604,8 @@ def step_cluster_map(args: argparse.Namespace, ctx: dict[str, Any], timer: StepT
     return res
 
 
+#: engine runs in their own process groups: the watchdog ends them (a new session would outlive the call).
+CHILDREN: list[subprocess.Popen] = []
 STAGE_RE = re.compile(r"^\[(\w+)\] (started|done in ([0-9.]+) s)")
 
 
@@ -620,6 +622,7 @@ def engine_run(cmd: list[str], timeout: float, cuda: bool, log_path: Path) -> di
         text=True,
         start_new_session=True,
     )
+    CHILDREN.append(proc)
     tail: list[str] = []
 
     def reader() -> None:
@@ -845,6 +848,9 @@ def main(argv: list[str] | None = None) -> int:
             f"over the {args.budget:.0f} s budget by {args.grace:.0f} s: stopped by the watchdog"
         )
         report["used_s"] = round(time.time() - t0, 1)
+        for child in CHILDREN:
+            if child.poll() is None:
+                os.killpg(child.pid, signal.SIGKILL)
         write(report, out_dir, suffix)
         say(report["aborted"])
         os._exit(124)
