@@ -13,11 +13,12 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from engine import __version__
 from engine.config import RUN_CONFIG_NAME, EngineConfig, load_toml, parse_json_option
 from engine.errors import EngineError
+from engine.rundir import RunLock
 
 log = logging.getLogger("engine")
 
@@ -162,8 +163,15 @@ STAGE_HELP = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one ``error: ...`` line (exit 2) like every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="engine",
         description="Cluster a text corpus by meaning: embeddings -> Milvus -> kNN graph -> HDBSCAN -> map + report.",
     )
@@ -207,13 +215,13 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
             given[name] = parse_json_option(given[name], name.replace("_", "-"))
     config = EngineConfig()
     if "config" in vars(args):
-        config = config.updated(load_toml(args.config))
+        config = config.updated(load_toml(args.config), source=args.config)
     out = given.get("out", config.out)
     saved = Path(out) / RUN_CONFIG_NAME
-    if args.command != "run" and saved.exists():
+    if args.command != "run" and saved.is_file():
         saved_options = load_toml(saved)
         saved_options.pop("restart", None)  # a restart is never implied by an earlier run
-        config = config.updated(saved_options)
+        config = config.updated(saved_options, source=str(saved))
     config = config.updated(given)
     config.validate()
     return config
@@ -258,9 +266,9 @@ def _run_stage(args: argparse.Namespace) -> int:
         raise EngineError("engine embed needs the corpus file: engine embed CORPUS --out DIR")
     if args.command == "run" and config.corpus is None:
         raise EngineError("engine run needs the corpus file: engine run CORPUS --out DIR")
-    if args.command != "run":
-        config.save(config.out_dir / RUN_CONFIG_NAME)
-    with pipe:
+    with RunLock(config.out_dir, args.command), pipe:
+        if args.command != "run":
+            config.save(config.out_dir / RUN_CONFIG_NAME)
         for step in steps[args.command]:
             step()
     if args.command in ("run", "report"):
