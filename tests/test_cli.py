@@ -67,7 +67,7 @@ def test_bad_input_is_one_clear_line(tmp_path, shared_data_dir, args, needles):
 
 def test_missing_bge_m3_weights_is_a_clear_stop(tmp_path, shared_data_dir):
     news = os.path.join(shared_data_dir, "news_headlines_2024", "news_data_dedup.csv")
-    proc = engine("run", news, "--out", str(tmp_path / "o"), "--limit", "20")
+    proc = engine("run", news, "--out", str(tmp_path / "o"), "--limit", "40")
     assert_one_line_error(proc, "BAAI/bge-m3")
     assert "all-MiniLM-L6-v2" in proc.stderr  # says which smaller model works offline
     assert not (tmp_path / "o" / "labels.parquet").exists()
