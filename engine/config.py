@@ -160,7 +160,7 @@ class EngineConfig:
         ranges = {
             "limit": (1, None),
             "batch_size": (1, 65536),
-            "max_length": (2, 32768),
+            "max_length": (2, 8192),
             "workers": (1, 256),
             "search_batch": (1, 16384),
             "n_neighbors": (2, None),
