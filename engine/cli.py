@@ -10,7 +10,9 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
@@ -188,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
             "--config", default=argparse.SUPPRESS, help="TOML file with options (flags override it)"
         )
         p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or stage logs")
+        p.add_argument(
+            "--verbose",
+            "-v",
+            action="store_true",
+            help="also the libraries' own messages (Milvus, Faiss, gRPC)",
+        )
         for group in groups:
             g = p.add_argument_group(f"{group} options")
             for flag, kwargs in GROUPS[group]:
@@ -209,7 +217,7 @@ def _add_tool_parsers(sub: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> EngineConfig:
     """Defaults < --config < saved run.toml (stage re-runs) < command-line flags."""
-    given = {k: v for k, v in vars(args).items() if k not in ("command", "quiet", "config")}
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "quiet", "verbose", "config")}
     for name in ("index_params", "search_params"):
         if name in given:
             given[name] = parse_json_option(given[name], name.replace("_", "-"))
@@ -227,23 +235,29 @@ def config_from_args(args: argparse.Namespace) -> EngineConfig:
     return config
 
 
-def _setup_logging(quiet: bool) -> None:
+def _setup_logging(quiet: bool, verbose: bool = False) -> None:
     logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO,
+        level=logging.WARNING if quiet and not verbose else logging.INFO,
         format="%(message)s",
         stream=sys.stderr,
     )
-    # Third-party libraries are chatty at INFO; keep their warnings only.
+    if verbose:
+        return
+    # Third-party libraries are chatty at INFO; keep their warnings only. Faiss's loader reports
+    # each CPU build it probes (ModuleNotFoundError ... swigfaiss_avx512_spr) at INFO on every run.
     for name in (
         "httpx",
         "urllib3",
-        "pymilvus",
         "milvus_lite",
         "numba",
         "sentence_transformers",
         "transformers",
+        "faiss",
     ):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # pymilvus logs every failed RPC with its traceback before raising; the engine turns the raised
+    # error into one line (and retries transient ones), so those logs only repeat it (--verbose shows them).
+    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
     # Milvus Lite's in-process gRPC server logs a traceback for RPCs it does not implement
     # (pymilvus 3 probes AllocTimestamp); the client handles that, so the trace is noise.
     logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
@@ -281,6 +295,10 @@ def _run_stage(args: argparse.Namespace) -> int:
     return 0
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
@@ -299,7 +317,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return doctor_main(argv[1:])
     args = parser.parse_args(argv)
-    _setup_logging(getattr(args, "quiet", False))
+    _setup_logging(getattr(args, "quiet", False), getattr(args, "verbose", False))
+    # SIGTERM (kill, a scheduler's timeout) ends the command like Ctrl+C: stages stop, the run directory
+    # lock and the engine-run Milvus server are released on the way out.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         return _run_stage(args)
     except EngineError as exc:

@@ -231,7 +231,18 @@ class Pipeline:
     def _stage(self, name: str):
         log.info("[%s] started", name)
         start = time.perf_counter()
-        yield
+        try:
+            yield
+        except Exception:
+            server = self._server
+            if server is not None and not server.running:
+                code = getattr(server._proc, "returncode", None)
+                raise EngineError(
+                    f"the engine's Milvus server (pid {server.pid_}) stopped during the {name} stage"
+                    f"{f' (exit code {code})' if code is not None else ''}; nothing is lost: re-run the same "
+                    f"command to resume (server logs in {server.log_dir})"
+                ) from None
+            raise
         seconds = time.perf_counter() - start
         self.timings_[name] = self.timings_.get(name, 0.0) + seconds
         log.info("[%s] done in %.1f s", name, seconds)
@@ -393,6 +404,7 @@ class Pipeline:
                     self.paths.embeddings,
                     restart=cfg.restart,
                     progress=self.progress,
+                    fingerprint_key=f"{encoder.name}|{encoder.dim}|max_length={cfg.max_length}",
                 )
             self._write_embeddings_meta(encoder, complete=True)
         self.ingest_ = result
@@ -612,7 +624,8 @@ class Pipeline:
         if self.ingest_ is not None:
             r = self.ingest_
             summary.details["ingest"] = (
-                f"{r.n_embedded} embedded, {r.n_existing} already stored, {r.docs_per_s:.1f} docs/s"
+                f"{r.n_embedded} embedded ({r.n_changed} of them changed since stored), {r.n_existing} already "
+                f"stored, {r.n_vanished} dropped (no longer in the corpus), {r.docs_per_s:.1f} docs/s"
             )
         uri = self.resolved_milvus_uri() if self.paths.corpus.exists() else self.config.resolved_milvus_uri
         summary.details["milvus"] = (

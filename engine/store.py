@@ -49,6 +49,10 @@ SERVER_INDEX_TYPES = (
 )
 #: Max bytes Lite's L2 brute force may allocate per search call ((nq, n, dim) float32).
 LITE_L2_BRUTE_BUDGET = 512 * 1024**2
+#: pymilvus pings every 10 s, even with no call in flight; Milvus Lite's in-process gRPC server allows
+#: a ping only every 5 minutes without data and answers more with GOAWAY ``too_many_pings`` (logged by
+#: gRPC during a long embedding). The connection is in-process: ping no more often than the server allows.
+LITE_GRPC_OPTIONS = {"grpc.keepalive_time_ms": 360_000, "grpc.keepalive_permit_without_calls": False}
 #: Milvus caps a query() window at 16,384 rows.
 QUERY_WINDOW = 16_384
 #: Lite memtable segments hold at most this many rows (milvus_lite.constants.MAX_SEGMENT_ROWS).
@@ -344,7 +348,7 @@ class MilvusStore:
         if self.db_name not in (None, "", "default"):
             raise EngineError("Milvus Lite has only the 'default' database (parameter db_name)")
         try:
-            return client_cls(uri=path)
+            return client_cls(uri=path, grpc_options=LITE_GRPC_OPTIONS)
         except Exception as exc:
             if _lite_dir_locked(path):
                 raise EngineError(
@@ -497,6 +501,15 @@ class MilvusStore:
             n += stop - start
         self._count_cache = None
         return n
+
+    def delete(self, ids: Sequence[int] | np.ndarray, batch: int = 10_000) -> int:
+        """Delete rows by primary key (a resumed ingest drops rows whose text changed or vanished)."""
+        ids_arr = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
+        for start in range(0, ids_arr.size, batch):
+            chunk = [int(i) for i in ids_arr[start : start + batch]]
+            self._call("delete", self.client.delete, self.collection, ids=chunk, timeout=self.timeout)
+        self._count_cache = None
+        return int(ids_arr.size)
 
     def flush(self) -> None:
         """Seal in-memory rows into segments so they get indexed (Lite brute-forces unflushed rows)."""
