@@ -294,7 +294,7 @@ class Pipeline:
         cfg = self.config
         index_type, index_params = resolve_index(cfg.index, len(self.frame), cfg.index_params)
         self.details_["index"] = index_type
-        return MilvusStore(
+        store = MilvusStore(
             uri=self.milvus_uri(),
             token=cfg.resolved_milvus_token,
             collection=cfg.collection,
@@ -305,6 +305,10 @@ class Pipeline:
             search_params=cfg.search_params,
             db_name=cfg.db_name,
         )
+        if self._server is not None:
+            server = self._server
+            store.alive = lambda: server.running
+        return store
 
     # ---- stages --------------------------------------------------------------------------
     def load_corpus(self) -> pd.DataFrame:

@@ -269,6 +269,8 @@ class MilvusStore:
         self._direct: Any = None
         self._loaded = False
         self._count_cache: int | None = None
+        #: Set by the owner of an engine-run server: retries stop at once when it returns False.
+        self.alive: Callable[[], bool] | None = None
 
     # ------------------------------------------------------------------ setup
     def _validate(self) -> None:
@@ -373,7 +375,8 @@ class MilvusStore:
             except EngineError:
                 raise
             except Exception as exc:
-                if attempt + 1 < attempts and _is_transient(exc):
+                gone = self.alive is not None and not self.alive()
+                if attempt + 1 < attempts and _is_transient(exc) and not gone:
                     delay = self.retry_backoff * 2**attempt
                     log.warning("Milvus %s failed transiently, retry %d in %.1fs", what, attempt + 1, delay)
                     time.sleep(delay)

@@ -117,6 +117,7 @@ def test_end_to_end_on_tutorial_headlines(news_run):
     assert summary["documents"] == 870 and summary["clusters"] == n_clusters
     assert "== engine summary ==" in proc.stdout and "map.html" in proc.stdout
 
+    assert 'href="map.html"' in (out / "report.html").read_text()  # the first report links to the map
     html = (out / "map.html").read_text()
     assert "<script>alert" not in html
     assert (out / "map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -139,3 +140,8 @@ def test_stage_rerun_on_saved_outputs(news_run):
     # re-running embed on a finished run resumes: nothing is embedded twice
     again = engine("embed", "--out", str(out), "--quiet")
     assert again.returncode == 0, again.stderr[-2000:]
+
+
+def test_readme_names_the_installed_download_command():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "hf download BAAI/bge-m3" in readme and "huggingface-cli" not in readme
