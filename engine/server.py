@@ -36,6 +36,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -434,7 +435,11 @@ class LocalMilvusServer:
                 stdout=stdout,
                 stderr=stderr,
                 start_new_session=True,  # Ctrl+C in the terminal reaches us, and we stop it gracefully
-                preexec_fn=_die_with_parent,  # noqa: PLW1509 -- a killed engine must not leave it running
+                # A killed engine must not leave it running. Linux ties this to the *thread* that forks,
+                # so only from the main thread (a server started in a worker thread would die with it).
+                preexec_fn=_die_with_parent
+                if threading.current_thread() is threading.main_thread()
+                else None,  # noqa: PLW1509
             )
             self.port_, self.health_port_, self.pid_ = port, health_port, self._proc.pid
             (base / STATE_FILE).write_text(
