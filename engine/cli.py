@@ -20,6 +20,7 @@ from typing import Any, NoReturn
 from engine import __version__
 from engine.config import RUN_CONFIG_NAME, EngineConfig, load_toml, parse_json_option
 from engine.errors import EngineError
+from engine.logs import quiet_libraries
 from engine.rundir import RunLock
 
 log = logging.getLogger("engine")
@@ -241,26 +242,7 @@ def _setup_logging(quiet: bool, verbose: bool = False) -> None:
         format="%(message)s",
         stream=sys.stderr,
     )
-    if verbose:
-        return
-    # Third-party libraries are chatty at INFO; keep their warnings only. Faiss's loader reports
-    # each CPU build it probes (ModuleNotFoundError ... swigfaiss_avx512_spr) at INFO on every run.
-    for name in (
-        "httpx",
-        "urllib3",
-        "milvus_lite",
-        "numba",
-        "sentence_transformers",
-        "transformers",
-        "faiss",
-    ):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    # pymilvus logs every failed RPC with its traceback before raising; the engine turns the raised
-    # error into one line (and retries transient ones), so those logs only repeat it (--verbose shows them).
-    logging.getLogger("pymilvus").setLevel(logging.CRITICAL)
-    # Milvus Lite's in-process gRPC server logs a traceback for RPCs it does not implement
-    # (pymilvus 3 probes AllocTimestamp); the client handles that, so the trace is noise.
-    logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+    quiet_libraries(not verbose)
 
 
 def _run_stage(args: argparse.Namespace) -> int:

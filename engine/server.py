@@ -44,6 +44,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from engine import logs
 from engine.errors import EngineError
 
 try:  # POSIX only; the `milvus` wheel runs on Linux and macOS
@@ -264,6 +265,7 @@ def grpc_ping(uri: str, token: str | None = None, timeout: float = 5.0) -> str |
         from pymilvus import MilvusClient  # noqa: PLC0415
     except ImportError:
         return None
+    logs.apply()  # pymilvus set its own log levels when it was imported
     kwargs: dict[str, Any] = {"uri": uri, "timeout": timeout}
     if token:
         kwargs["token"] = token

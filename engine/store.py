@@ -20,6 +20,7 @@ from typing import Any, TypeVar
 
 import numpy as np
 
+from engine import logs
 from engine.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -271,6 +272,7 @@ class MilvusStore:
         self._count_cache: int | None = None
         #: Set by the owner of an engine-run server: retries stop at once when it returns False.
         self.alive: Callable[[], bool] | None = None
+        self._rebuilding = False
 
     # ------------------------------------------------------------------ setup
     def _validate(self) -> None:
@@ -314,6 +316,8 @@ class MilvusStore:
 
     def _connect(self) -> Any:
         from pymilvus import MilvusClient
+
+        logs.apply()  # pymilvus set its own log levels when it was imported
 
         if self.is_lite:
             return self._connect_lite(MilvusClient)
@@ -623,7 +627,20 @@ class MilvusStore:
         if col is not None:  # in-process: loading a big HNSW index can outlast gRPC keepalives
             self._lite_op("load", col.load)
         else:
-            self._call("load_collection", self.client.load_collection, self.collection, timeout=None)
+            try:
+                self._call("load_collection", self.client.load_collection, self.collection, timeout=None)
+            except EngineError:
+                # A server killed while it built the index can leave it unloadable (measured:
+                # "unrecoverable error" on the next run). The rows are intact: build the index again.
+                if self._rebuilding or (self.alive is not None and not self.alive()):
+                    raise
+                log.warning("milvus: collection %r does not load; rebuilding its index", self.collection)
+                self._rebuilding = True
+                try:
+                    self.build_index()
+                finally:
+                    self._rebuilding = False
+                return
         self._loaded = True
 
     # ------------------------------------------------------------------ reads
