@@ -547,8 +547,10 @@ class LocalMilvusServer:
         if proc is not None and proc.poll() is None:
             with contextlib.suppress(ProcessLookupError):
                 proc.send_signal(signal.SIGTERM)
+            t0 = time.monotonic()
             try:
                 proc.wait(timeout=self.stop_timeout)
+                log.info("Milvus (pid %d) stopped cleanly in %.1f s", proc.pid, time.monotonic() - t0)
             except subprocess.TimeoutExpired:
                 log.warning("Milvus (pid %d) did not stop in %.0f s: killing it", proc.pid, self.stop_timeout)
                 with contextlib.suppress(ProcessLookupError):

@@ -22,7 +22,7 @@ from engine.server import STATE_FILE, stop_orphan
 from tests.test_cli import ENV, assert_one_line_error, engine
 
 REPO = Path(__file__).resolve().parents[1]
-N_DOCS = 3000
+N_DOCS = 1500
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def corpus(tmp_path_factory, shared_data_dir) -> Path:
         header=None,
         names=["cls", "title", "description"],
     ).iloc[:N_DOCS]
-    path = tmp_path_factory.mktemp("crash") / "ag3000.csv"
+    path = tmp_path_factory.mktemp("crash") / "ag1500.csv"
     frame[["title", "description"]].to_csv(path, index=False)
     return path
 
