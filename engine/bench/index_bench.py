@@ -287,6 +287,11 @@ def _quiet_milvus_logs() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
+def _redact(text: str, token: str | None) -> str:
+    """The command line as saved in the results, without the token."""
+    return text.replace(token, "***") if token else text
+
+
 def _dir_bytes(path: Path, pattern: str = "*.idx") -> int:
     return sum(f.stat().st_size for f in path.rglob(pattern) if f.is_file()) if path.exists() else 0
 
@@ -782,6 +787,7 @@ def run(args: argparse.Namespace) -> int:
         configs = parse_specs(DEFAULT_SWEEP)
     vs = load_vectors(args.source, limit=args.limit)
     uri = args.milvus_uri or vs.milvus_uri
+    token = args.milvus_token or os.environ.get("MILVUS_TOKEN") or None
     bench = IndexBench(
         configs,
         uri,
@@ -801,7 +807,7 @@ def run(args: argparse.Namespace) -> int:
         probe_cache=args.probe_cache,
         seed=args.seed,
         progress=not args.no_progress,
-        token=args.milvus_token or os.environ.get("MILVUS_TOKEN") or None,
+        token=token,
     ).fit(vs.vectors, vs.ids)
     src = Path(args.source)
     out = Path(args.out) if args.out else (src if src.is_dir() else src.parent) / "bench_index"
@@ -816,7 +822,7 @@ def run(args: argparse.Namespace) -> int:
         "graph_k": args.graph_k,
         "repeats": args.repeats,
         "min_cluster_size": args.min_cluster_size,
-        "command": "engine bench-index " + " ".join(sys.argv[1:]) if sys.argv else "",
+        "command": _redact("engine bench-index " + " ".join(sys.argv[1:]), token) if sys.argv else "",
         "recommendation": rec,
     }
     if not bench.server_version_.startswith("milvus_lite") and meta["n"] < SMALL_SEGMENT_ROWS:
