@@ -143,6 +143,9 @@ def test_killed_engine_leaves_no_server_behind_and_rerun_works(tmp_path, corpus,
 def test_orphaned_server_record_is_stopped_and_never_a_stranger(tmp_path):
     """stop_orphan on a real process named in the record; a recycled pid running something else is spared."""
     orphan = subprocess.Popen(["sleep", "300"])
+    deadline = time.monotonic() + 10  # until the child has exec'd (an orphan long has)
+    while b"sleep" not in Path(f"/proc/{orphan.pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+        time.sleep(0.05)
     try:
         (tmp_path / STATE_FILE).write_text(json.dumps({"pid": orphan.pid, "exe": "sleep"}))
         assert stop_orphan(tmp_path, timeout=10) == orphan.pid
