@@ -10,14 +10,18 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from engine import __version__
 from engine.config import RUN_CONFIG_NAME, EngineConfig, load_toml, parse_json_option
 from engine.errors import EngineError
+from engine.logs import quiet_libraries
+from engine.rundir import RunLock
 
 log = logging.getLogger("engine")
 
@@ -162,8 +166,15 @@ STAGE_HELP = {
 }
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a bad flag is one ``error: ...`` line (exit 2) like every other user error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="engine",
         description="Cluster a text corpus by meaning: embeddings -> Milvus -> kNN graph -> HDBSCAN -> map + report.",
     )
@@ -180,6 +191,12 @@ def build_parser() -> argparse.ArgumentParser:
             "--config", default=argparse.SUPPRESS, help="TOML file with options (flags override it)"
         )
         p.add_argument("--quiet", "-q", action="store_true", help="no progress bars or stage logs")
+        p.add_argument(
+            "--verbose",
+            "-v",
+            action="store_true",
+            help="also the libraries' own messages (Milvus, Faiss, gRPC)",
+        )
         for group in groups:
             g = p.add_argument_group(f"{group} options")
             for flag, kwargs in GROUPS[group]:
@@ -201,44 +218,31 @@ def _add_tool_parsers(sub: argparse._SubParsersAction) -> None:
 
 def config_from_args(args: argparse.Namespace) -> EngineConfig:
     """Defaults < --config < saved run.toml (stage re-runs) < command-line flags."""
-    given = {k: v for k, v in vars(args).items() if k not in ("command", "quiet", "config")}
+    given = {k: v for k, v in vars(args).items() if k not in ("command", "quiet", "verbose", "config")}
     for name in ("index_params", "search_params"):
         if name in given:
             given[name] = parse_json_option(given[name], name.replace("_", "-"))
     config = EngineConfig()
     if "config" in vars(args):
-        config = config.updated(load_toml(args.config))
+        config = config.updated(load_toml(args.config), source=args.config)
     out = given.get("out", config.out)
     saved = Path(out) / RUN_CONFIG_NAME
-    if args.command != "run" and saved.exists():
+    if args.command != "run" and saved.is_file():
         saved_options = load_toml(saved)
         saved_options.pop("restart", None)  # a restart is never implied by an earlier run
-        config = config.updated(saved_options)
+        config = config.updated(saved_options, source=str(saved))
     config = config.updated(given)
     config.validate()
     return config
 
 
-def _setup_logging(quiet: bool) -> None:
+def _setup_logging(quiet: bool, verbose: bool = False) -> None:
     logging.basicConfig(
-        level=logging.WARNING if quiet else logging.INFO,
+        level=logging.WARNING if quiet and not verbose else logging.INFO,
         format="%(message)s",
         stream=sys.stderr,
     )
-    # Third-party libraries are chatty at INFO; keep their warnings only.
-    for name in (
-        "httpx",
-        "urllib3",
-        "pymilvus",
-        "milvus_lite",
-        "numba",
-        "sentence_transformers",
-        "transformers",
-    ):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    # Milvus Lite's in-process gRPC server logs a traceback for RPCs it does not implement
-    # (pymilvus 3 probes AllocTimestamp); the client handles that, so the trace is noise.
-    logging.getLogger("grpc._server").setLevel(logging.CRITICAL)
+    quiet_libraries(not verbose)
 
 
 def _run_stage(args: argparse.Namespace) -> int:
@@ -258,9 +262,9 @@ def _run_stage(args: argparse.Namespace) -> int:
         raise EngineError("engine embed needs the corpus file: engine embed CORPUS --out DIR")
     if args.command == "run" and config.corpus is None:
         raise EngineError("engine run needs the corpus file: engine run CORPUS --out DIR")
-    if args.command != "run":
-        config.save(config.out_dir / RUN_CONFIG_NAME)
-    with pipe:
+    with RunLock(config.out_dir, args.command), pipe:
+        if args.command != "run":
+            config.save(config.out_dir / RUN_CONFIG_NAME)
         for step in steps[args.command]:
             step()
     if args.command in ("run", "report"):
@@ -271,6 +275,10 @@ def _run_stage(args: argparse.Namespace) -> int:
         done = ", ".join(f"{k} {v:.1f} s" for k, v in pipe.timings_.items())
         print(f"engine {args.command}: done ({done}); outputs in {config.out_dir}")
     return 0
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -291,7 +299,11 @@ def main(argv: list[str] | None = None) -> int:
 
         return doctor_main(argv[1:])
     args = parser.parse_args(argv)
-    _setup_logging(getattr(args, "quiet", False))
+    _setup_logging(getattr(args, "quiet", False), getattr(args, "verbose", False))
+    # SIGTERM (kill, a scheduler's timeout) ends the command like Ctrl+C: stages stop, the run directory
+    # lock and the engine-run Milvus server are released on the way out.
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _interrupt)
     try:
         return _run_stage(args)
     except EngineError as exc:

@@ -7,7 +7,9 @@ purely for readability; tables are flattened on load.
 
 from __future__ import annotations
 
+import codecs
 import json
+import math
 import os
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
@@ -82,7 +84,8 @@ class EngineConfig:
     @property
     def explicit_milvus_uri(self) -> str | None:
         """--milvus-uri, else $MILVUS_URI; None means the embedded default (chosen by the Pipeline by corpus size)."""
-        return self.milvus_uri or os.environ.get("MILVUS_URI") or None
+        uri = self.milvus_uri or os.environ.get("MILVUS_URI") or None
+        return _strip_credentials(uri)[0] if uri else None
 
     @property
     def resolved_milvus_uri(self) -> str:
@@ -91,7 +94,8 @@ class EngineConfig:
 
     @property
     def resolved_milvus_token(self) -> str | None:
-        return self.milvus_token or os.environ.get("MILVUS_TOKEN") or None
+        uri = self.milvus_uri or os.environ.get("MILVUS_URI") or ""
+        return self.milvus_token or os.environ.get("MILVUS_TOKEN") or _strip_credentials(uri)[1] or None
 
     def validate(self) -> None:
         """Cheap checks that catch a bad option before any expensive stage runs."""
@@ -116,7 +120,6 @@ class EngineConfig:
             "k",
             "workers",
             "search_batch",
-            "min_cluster_size",
             "n_neighbors",
             "max_length",
             "n_keywords",
@@ -143,12 +146,56 @@ class EngineConfig:
             )
         if not 0 <= self.min_dist <= 1:
             raise EngineError(f"--min-dist must be within [0, 1], got {self.min_dist}")
+        self._validate_limits()
+
+    def _validate_limits(self) -> None:
+        """Upper bounds, encodings and Milvus names/parameters: what would otherwise fail minutes later."""
+        from engine.store import (
+            LITE_INDEX_TYPES,
+            SERVER_INDEX_TYPES,
+            check_collection_name,
+            check_index_params,
+        )
+
+        ranges = {
+            "limit": (1, None),
+            "batch_size": (1, 65536),
+            "max_length": (2, 8192),
+            "workers": (1, 256),
+            "search_batch": (1, 16384),
+            "n_neighbors": (2, None),
+            "seed": (0, 2**32 - 1),
+            "n_keywords": (1, 1000),
+            "n_representatives": (0, 1000),
+        }
+        for name, (low, high) in ranges.items():
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if value < low or (high is not None and value > high):
+                span = f"within {low}..{high}" if high is not None else f">= {low}"
+                raise EngineError(f"--{name.replace('_', '-')} must be {span}, got {value}")
+        try:
+            codecs.lookup(self.encoding)
+        except LookupError:
+            raise EngineError(
+                f"--encoding {self.encoding!r} is not a known text encoding (e.g. utf-8, latin-1, gbk)"
+            ) from None
+        index = self.index.upper()
+        known = ("auto", *dict.fromkeys(LITE_INDEX_TYPES + SERVER_INDEX_TYPES))
+        if index != "AUTO" and index not in known:
+            raise EngineError(f"--index must be one of {', '.join(known)}, got {self.index!r}")
+        check_collection_name(self.collection)
+        check_index_params(self.index_params, "--index-params", index)
+        check_index_params(self.search_params, "--search-params", index)
 
     # ---- persistence ---------------------------------------------------------------------
     def to_dict(self, include_secrets: bool = False) -> dict[str, Any]:
         data = asdict(self)
         if not include_secrets:
             data.pop("milvus_token", None)
+            if data.get("milvus_uri"):  # user:password@ in the URI travels as the token, never to disk
+                data["milvus_uri"] = _strip_credentials(data["milvus_uri"])[0]
         return data
 
     def save(self, path: Path) -> None:
@@ -156,16 +203,56 @@ class EngineConfig:
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(dumps_toml(self.to_dict()), encoding="utf-8")
 
-    def updated(self, overrides: dict[str, Any]) -> EngineConfig:
-        """A copy with the non-None overrides applied (unknown keys rejected)."""
+    def updated(self, overrides: dict[str, Any], source: str | None = None) -> EngineConfig:
+        """A copy with the non-None overrides applied (unknown keys and wrong types rejected).
+
+        ``source`` (a TOML file) is named in the error, so a bad value is traced to where it was set.
+        """
         known = {f.name for f in fields(self)}
         data = asdict(self)
+        where = f"{source}: " if source else ""
         for key, value in overrides.items():
             if key not in known:
-                raise EngineError(f"unknown option {key!r} (known: {', '.join(sorted(known))})")
+                raise EngineError(f"{where}unknown option {key!r} (known: {', '.join(sorted(known))})")
             if value is not None:
-                data[key] = value
+                data[key] = _check_type(key, value, where)
         return EngineConfig(**data)
+
+
+def _strip_credentials(uri: str) -> tuple[str, str | None]:
+    from engine.store import strip_uri_credentials
+
+    return strip_uri_credentials(uri)
+
+
+def _check_type(name: str, value: Any, where: str) -> Any:
+    """The option's value if its type fits the field (an int is accepted for a float), else EngineError."""
+    hint = str(_FIELD_TYPES[name])
+    flag = f"--{name.replace('_', '-')}"
+    expected: tuple[type, ...]
+    if "dict" in hint:
+        expected, word = (dict,), "a table / JSON object"
+    elif "list" in hint:
+        expected, word = (list,), "a list of strings"
+    elif "bool" in hint:
+        expected, word = (bool,), "true or false"
+    elif "float" in hint:
+        expected, word = (int, float), "a number"
+    elif "int" in hint:
+        expected, word = (int,), "an integer"
+    else:
+        expected, word = (str,), "a string"
+    if isinstance(value, bool) and bool not in expected:
+        ok = False
+    else:
+        ok = isinstance(value, expected)
+    if isinstance(value, float) and not math.isfinite(value):
+        raise EngineError(f"{where}{flag} must be a finite number, got {value!r}")
+    if not ok:
+        raise EngineError(f"{where}{flag} must be {word}, got {value!r} ({type(value).__name__})")
+    if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+        raise EngineError(f"{where}{flag} must be {word}, got {value!r}")
+    return value
 
 
 def flatten_toml(data: dict[str, Any], source: str) -> dict[str, Any]:
@@ -195,6 +282,15 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         raise EngineError(f"{path}: invalid TOML: {exc}") from None
     return flatten_toml(data, str(path))
+
+
+def _field_types() -> dict[str, Any]:
+    import typing
+
+    return typing.get_type_hints(EngineConfig)
+
+
+_FIELD_TYPES = _field_types()
 
 
 def parse_json_option(value: str | None, name: str) -> dict[str, Any] | None:

@@ -215,7 +215,7 @@ def auto_choices(cuda: bool, cuml_ok: bool) -> dict[str, Any]:
         "the engine-run local server" if local_server_available() else "Milvus Lite (no `milvus` package)"
     )
     out["graph"] = {
-        "source": "milvus (default; --graph exact for brute force)",
+        "source": "milvus (default; --graph-source exact for brute force)",
         "milvus": f"Milvus Lite file up to {AUTO_SERVER_MIN_DOCS // 1000}k documents, {server} above",
         "index": "auto: FLAT up to 50k documents, HNSW above; ef/nprobe tuned to recall@k >= 0.95 on a sample",
         "exact_knn_device": exact_device,

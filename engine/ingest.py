@@ -13,6 +13,9 @@ file with ``pwrite`` (not through a memory map, whose touched pages would count 
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
+import logging
 import os
 import queue
 import resource
@@ -27,11 +30,17 @@ import numpy as np
 from engine.errors import EngineError
 
 _DONE = object()
+log = logging.getLogger("engine")
 
 
 @dataclass
 class IngestResult:
-    """What one ``ingest`` call did."""
+    """What one ``ingest`` call did.
+
+    ``n_changed``: documents whose text (or model/options) changed since their vector was stored, so
+    they were embedded again; ``n_vanished``: stored documents no longer in the corpus, dropped;
+    ``n_from_disk``: vectors re-inserted into Milvus from ``embeddings.npy`` without embedding.
+    """
 
     n_total: int
     n_existing: int
@@ -39,6 +48,127 @@ class IngestResult:
     seconds: float
     docs_per_s: float
     peak_rss_mb: float
+    n_changed: int = 0
+    n_vanished: int = 0
+    n_from_disk: int = 0
+
+
+# --------------------------------------------------------------------------------------------- fingerprints
+def fingerprints(texts: list[str], key: str) -> np.ndarray:
+    """One uint64 per document: blake2b of ``key`` (model and options) and the text.
+
+    Why: ids default to row numbers, so an edited corpus, or another file with as many rows, has
+    the same ids as the stored vectors; only the content tells whether a stored vector is current.
+    """
+    prefix = hashlib.blake2b(key.encode("utf-8"), digest_size=16).digest()
+    return np.fromiter(
+        (
+            int.from_bytes(hashlib.blake2b(prefix + t.encode("utf-8"), digest_size=8).digest(), "big")
+            for t in texts
+        ),
+        dtype=np.uint64,
+        count=len(texts),
+    )
+
+
+def fingerprints_path(vectors_path: str | Path) -> Path:
+    """Where the fingerprints of the rows of ``vectors_path`` are kept (row order = vector order)."""
+    path = Path(vectors_path)
+    return path.with_name(path.stem + ".fingerprints.npz")
+
+
+def load_fingerprints(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
+    """(ids, fingerprints) in vector-file row order, or None when absent or unreadable."""
+    try:
+        with np.load(path) as data:
+            return data["ids"].astype(np.int64), data["fingerprints"].astype(np.uint64)
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def save_fingerprints(path: Path, ids: np.ndarray, fps: np.ndarray) -> None:
+    tmp = path.with_name(path.name + ".tmp.npz")
+    np.savez(tmp, ids=ids, fingerprints=fps)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def _reconcile(
+    ids: np.ndarray,
+    fps: np.ndarray,
+    dim: int,
+    vectors_path: Path,
+    store,
+    existing: np.ndarray,
+) -> tuple[np.ndarray, int, int]:
+    """Bring Milvus and the vector file in line with this corpus's content before embedding.
+
+    Stored rows whose fingerprint changed, and stored ids no longer in the corpus, are deleted from
+    Milvus; their vectors are zeroed (or not carried over when the row layout changed), so they get
+    embedded again. The fingerprint file is removed while this happens and written last: a crash in
+    between leaves no fingerprints, and the next run re-embeds everything rather than trust stale rows.
+    Returns (ids still in Milvus, n_changed, n_vanished).
+    """
+    fp_path = fingerprints_path(vectors_path)
+    old = load_fingerprints(fp_path)
+    n = len(ids)
+    if old is None:
+        if len(existing):  # stored by a run that kept no fingerprints: nothing can be verified
+            log.info("ingest: no fingerprints of the stored vectors: embedding all %d documents again", n)
+            store.ensure_collection(dim, drop_existing=True)
+            with contextlib.suppress(OSError):
+                vectors_path.unlink()
+        save_fingerprints(fp_path, ids, fps)
+        return np.empty(0, dtype=np.int64), int(len(existing)), 0
+    old_ids, old_fps = old
+    same_layout = len(old_ids) == n and np.array_equal(old_ids, ids)
+    order = np.argsort(old_ids, kind="stable")
+    pos = np.searchsorted(old_ids[order], ids)
+    pos_c = np.minimum(pos, max(len(old_ids) - 1, 0))
+    known = (pos < len(old_ids)) & (old_ids[order][pos_c] == ids) if len(old_ids) else np.zeros(n, bool)
+    old_pos = np.where(known, order[pos_c], -1)
+    unchanged = known & (old_fps[np.maximum(old_pos, 0)] == fps)
+    changed = known & ~unchanged
+    stray = existing[~np.isin(existing, ids)]  # stored, but not in this corpus
+    n_vanished = int((~np.isin(old_ids, ids)).sum())
+    stale = np.concatenate([ids[changed & np.isin(ids, existing)], stray])
+    if not len(stale) and same_layout:
+        return existing, 0, 0
+    fp_path.unlink(missing_ok=True)
+    if len(stale):
+        store.delete(stale)
+    found = VectorFile.shape_of(vectors_path)
+    if found is not None and found[0][1:] == (dim,) and found[1] == np.float32:
+        if same_layout:
+            if changed.any():
+                vf = VectorFile(vectors_path, n, dim, create=False)
+                try:
+                    vf.write(np.flatnonzero(changed), np.zeros((int(changed.sum()), dim), np.float32))
+                finally:
+                    vf.close()
+        else:
+            _carry_over(vectors_path, n, dim, np.flatnonzero(unchanged), old_pos[unchanged])
+    save_fingerprints(fp_path, ids, fps)
+    kept = existing[~np.isin(existing, stale)]
+    return kept, int(changed.sum()), max(n_vanished, len(stray))
+
+
+def _carry_over(vectors_path: Path, n: int, dim: int, new_rows: np.ndarray, old_rows: np.ndarray) -> None:
+    """A new vector file in the new row order holding the still-valid vectors (others zero)."""
+    old = np.load(vectors_path, mmap_mode="r")
+    tmp = vectors_path.with_name(vectors_path.name + ".remap")
+    new = VectorFile(tmp, n, dim, create=True)
+    try:
+        for start in range(0, len(new_rows), 65536):
+            sel = slice(start, start + 65536)
+            dst, src = new_rows[sel], old_rows[sel]
+            o = np.argsort(dst, kind="stable")
+            new.write(dst[o], np.asarray(old[src[o]], dtype=np.float32))
+    finally:
+        new.close()
+        del old
+    os.replace(tmp, vectors_path)
 
 
 def peak_rss_mb() -> float:
@@ -94,6 +224,20 @@ class VectorFile:
             buf = vectors[run[0] : run[-1] + 1].tobytes()
             os.pwrite(self.fd, buf, self.offset + int(positions[run[0]]) * row_bytes)
         os.fdatasync(self.fd)
+
+    def read(self, positions: np.ndarray) -> np.ndarray:
+        """Rows at ``positions`` (sorted or not), read with ``pread``."""
+        positions = np.asarray(positions, dtype=np.int64)
+        row_bytes = self.dim * 4
+        out = np.empty((len(positions), self.dim), dtype=np.float32)
+        breaks = np.flatnonzero(np.diff(positions) != 1) + 1
+        for run in np.split(np.arange(len(positions)), breaks):
+            if len(run) == 0:
+                continue
+            size = len(run) * row_bytes
+            buf = os.pread(self.fd, size, self.offset + int(positions[run[0]]) * row_bytes)
+            out[run[0] : run[-1] + 1] = np.frombuffer(buf, dtype=np.float32).reshape(len(run), self.dim)
+        return out
 
     def row_norms(self, chunk: int = 65536) -> np.ndarray:
         """L2 norm of every row (read in chunks, not mapped), to find rows never written."""
@@ -174,6 +318,7 @@ def ingest(
     progress: bool = True,
     flush_every: int | None = None,
     queue_size: int = 2,
+    fingerprint_key: str | None = None,
 ) -> IngestResult:
     """Embed ``frame`` (columns ``id``, ``text``) into ``vectors_path`` and Milvus; resume what is stored.
 
@@ -193,30 +338,40 @@ def ingest(
     vectors_path = Path(vectors_path)
 
     store.ensure_collection(dim, drop_existing=bool(restart))
-    existing = np.empty(0, dtype=np.int64) if restart else np.asarray(store.existing_ids(), dtype=np.int64)
+    fps = fingerprints(texts, fingerprint_key or f"{getattr(encoder, 'name', '')}|{dim}")
+    n_changed = n_vanished = 0
+    if restart:
+        existing = np.empty(0, dtype=np.int64)
+        fingerprints_path(vectors_path).unlink(missing_ok=True)
+        save_fingerprints(fingerprints_path(vectors_path), ids, fps)
+    else:
+        existing = np.asarray(store.existing_ids(), dtype=np.int64)
+        existing, n_changed, n_vanished = _reconcile(ids, fps, dim, vectors_path, store, existing)
+        if n_changed or n_vanished:
+            log.info(
+                "ingest: %d documents changed since they were embedded (embedding them again), %d no longer "
+                "in the corpus (dropped)",
+                n_changed,
+                n_vanished,
+            )
     in_store = np.isin(ids, existing)
-    stray = len(existing) - int(in_store.sum())
-    if stray > 0:
-        raise EngineError(
-            f"ingest: the Milvus collection holds {stray} ids that are not in this corpus "
-            "(the corpus changed since the last run); use restart=True (--restart) to rebuild"
-        )
 
     found = VectorFile.shape_of(vectors_path) if not restart else None
     create = found is None or found[0] != (n, dim) or found[1] != np.float32
-    if create and found is not None and len(existing) and not restart:
-        raise EngineError(
-            f"ingest: {vectors_path} has shape {found[0]} but the corpus needs ({n}, {dim}); "
-            "use restart=True (--restart) to rebuild"
-        )
     vf = VectorFile(vectors_path, n, dim, create=create)
     try:
-        need_disk = np.zeros(n, dtype=bool)
-        if in_store.any():
-            need_disk = in_store & (vf.row_norms() < 0.5)  # stored in Milvus, but not in this file
+        on_disk = vf.row_norms() > 0.5 if not create else np.zeros(n, dtype=bool)
+        # Verified vectors (fingerprints match) on disk but not in Milvus (a server lost them, or a
+        # crash between the file write and the insert): insert them from the file, no embedding.
+        from_disk = np.flatnonzero(~in_store & on_disk)
+        for start in range(0, len(from_disk), insert_batch):
+            rows = from_disk[start : start + insert_batch]
+            store.insert(ids[rows], vf.read(rows), [texts[i] for i in rows])
+        in_store[from_disk] = True
+        need_disk = in_store & ~on_disk  # stored in Milvus, but not in this file
         todo = np.flatnonzero(~in_store | need_disk)
         insert_mask = ~in_store[todo]
-        n_existing = int(in_store.sum())
+        n_existing = int(in_store.sum()) - len(from_disk)
 
         q: queue.Queue = queue.Queue(maxsize=max(1, queue_size))
         if flush_every is None:
@@ -261,4 +416,7 @@ def ingest(
         seconds=seconds,
         docs_per_s=n_embedded / seconds if seconds > 0 else 0.0,
         peak_rss_mb=peak_rss_mb(),
+        n_changed=n_changed,
+        n_vanished=n_vanished,
+        n_from_disk=len(from_disk),
     )

@@ -142,6 +142,29 @@ class RunSummary:
         return "\n".join(lines)
 
 
+def zero_cluster_hint(n_documents: int, n_distinct: int, min_cluster_size: int) -> str:
+    """Why a run found no cluster, and what to change (shown in the summary instead of a bare 0)."""
+    if n_distinct <= 1:
+        return (
+            f"0 clusters: all {n_documents} documents have the same text, so there is nothing to tell apart; "
+            "check --text-template / --text-column"
+        )
+    if n_documents < 2 * min_cluster_size:
+        return (
+            f"0 clusters: {n_documents} documents cannot form two groups of --min-cluster-size {min_cluster_size} "
+            f"(HDBSCAN needs at least {2 * min_cluster_size}); lower --min-cluster-size (minimum 2) or add documents"
+        )
+    if n_distinct < 2 * min_cluster_size:
+        return (
+            f"0 clusters: only {n_distinct} distinct texts among {n_documents} documents; identical texts "
+            "fall together, so there is little to split: check the corpus or --text-template"
+        )
+    return (
+        f"0 clusters: no group of {min_cluster_size}+ documents is dense enough; try a smaller "
+        "--min-cluster-size or --min-samples, or --cluster-selection-method leaf"
+    )
+
+
 def resolve_index(index: str, n_documents: int, index_params: dict | None) -> tuple[str, dict | None]:
     """``auto``: exact FLAT for small corpora, HNSW beyond (recall >= 0.95 at far higher QPS)."""
     if index.lower() != "auto":
@@ -208,7 +231,18 @@ class Pipeline:
     def _stage(self, name: str):
         log.info("[%s] started", name)
         start = time.perf_counter()
-        yield
+        try:
+            yield
+        except Exception:
+            server = self._server
+            if server is not None and not server.running:
+                code = getattr(server._proc, "returncode", None)
+                raise EngineError(
+                    f"the engine's Milvus server (pid {server.pid_}) stopped during the {name} stage"
+                    f"{f' (exit code {code})' if code is not None else ''}; nothing is lost: re-run the same "
+                    f"command to resume (server logs in {server.log_dir})"
+                ) from None
+            raise
         seconds = time.perf_counter() - start
         self.timings_[name] = self.timings_.get(name, 0.0) + seconds
         log.info("[%s] done in %.1f s", name, seconds)
@@ -260,7 +294,7 @@ class Pipeline:
         cfg = self.config
         index_type, index_params = resolve_index(cfg.index, len(self.frame), cfg.index_params)
         self.details_["index"] = index_type
-        return MilvusStore(
+        store = MilvusStore(
             uri=self.milvus_uri(),
             token=cfg.resolved_milvus_token,
             collection=cfg.collection,
@@ -271,6 +305,10 @@ class Pipeline:
             search_params=cfg.search_params,
             db_name=cfg.db_name,
         )
+        if self._server is not None:
+            server = self._server
+            store.alive = lambda: server.running
+        return store
 
     # ---- stages --------------------------------------------------------------------------
     def load_corpus(self) -> pd.DataFrame:
@@ -315,6 +353,30 @@ class Pipeline:
         )
         return frame
 
+    def check_before_embed(self, graph: bool = False) -> None:
+        """What can be checked once the corpus is read and before the model loads (minutes of work).
+
+        ``graph``: also the graph stage's needs (``--k`` below the number of documents).
+        """
+        from engine.store import LITE_INDEX_TYPES, SERVER_INDEX_TYPES, is_lite_uri
+
+        cfg = self.config
+        n = len(self.frame)
+        if graph and cfg.k >= n:
+            raise EngineError(
+                f"--k ({cfg.k}) must be smaller than the number of documents ({n}): pass --k {max(1, n - 1)} "
+                "or less"
+            )
+        uri = self.resolved_milvus_uri()
+        lite = uri != LOCAL_SERVER_URI and is_lite_uri(uri)
+        index_type, _ = resolve_index(cfg.index, n, cfg.index_params)
+        allowed = LITE_INDEX_TYPES if lite else SERVER_INDEX_TYPES
+        if index_type not in allowed:
+            raise EngineError(
+                f"--index {index_type} is not available on {'Milvus Lite' if lite else 'a Milvus server'}; "
+                f"choose one of {', '.join(allowed)}"
+            )
+
     def embed(self):
         """Embed every document into ``embeddings.npy`` and Milvus, resuming what is already stored."""
         from engine.embed import load_encoder
@@ -322,6 +384,7 @@ class Pipeline:
 
         cfg = self.config
         frame = self.frame
+        self.check_before_embed()
         meta = self._embeddings_meta()
         with self._stage("embed"):
             encoder = load_encoder(
@@ -345,6 +408,7 @@ class Pipeline:
                     self.paths.embeddings,
                     restart=cfg.restart,
                     progress=self.progress,
+                    fingerprint_key=f"{encoder.name}|{encoder.dim}|max_length={cfg.max_length}",
                 )
             self._write_embeddings_meta(encoder, complete=True)
         self.ingest_ = result
@@ -510,16 +574,16 @@ class Pipeline:
                 n_representatives=cfg.n_representatives,
                 vectors=self.vectors(),
             )
-            report.write(self.paths.root)
             source = Path(self.config.corpus).name if self.config.corpus else self.paths.root.name
             title = f"Document map: {source}"
-            write_map(
+            write_map(  # first: report.html links to the map only when map.html exists
                 labels,
                 self.paths.map_html,
                 self.paths.map_png,
                 title=title,
                 keywords=report.keywords_by_cluster(),
             )
+            report.write(self.paths.root)
         self.labels_ = labels
         self.report_ = report
         return report
@@ -530,6 +594,7 @@ class Pipeline:
         self.config.validate()
         try:
             self.load_corpus()
+            self.check_before_embed(graph=True)
             self.embed()
             self.build_graph()
             self.cluster()
@@ -549,6 +614,10 @@ class Pipeline:
             stage_seconds=dict(self.timings_),
             details=dict(self.details_),
         )
+        if summary.clusters == 0:
+            summary.details["hint"] = zero_cluster_hint(
+                len(labels), int(labels["text"].nunique()), self.config.min_cluster_size
+            )
         stats = self.corpus_stats_
         if stats:
             summary.details["corpus"] = (
@@ -559,7 +628,8 @@ class Pipeline:
         if self.ingest_ is not None:
             r = self.ingest_
             summary.details["ingest"] = (
-                f"{r.n_embedded} embedded, {r.n_existing} already stored, {r.docs_per_s:.1f} docs/s"
+                f"{r.n_embedded} embedded ({r.n_changed} of them changed since stored), {r.n_existing} already "
+                f"stored, {r.n_vanished} dropped (no longer in the corpus), {r.docs_per_s:.1f} docs/s"
             )
         uri = self.resolved_milvus_uri() if self.paths.corpus.exists() else self.config.resolved_milvus_uri
         summary.details["milvus"] = (

@@ -13,12 +13,14 @@ from __future__ import annotations
 import logging
 import math
 import os
+import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
 
+from engine import logs
 from engine.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,10 @@ SERVER_INDEX_TYPES = (
 )
 #: Max bytes Lite's L2 brute force may allocate per search call ((nq, n, dim) float32).
 LITE_L2_BRUTE_BUDGET = 512 * 1024**2
+#: pymilvus pings every 10 s, even with no call in flight; Milvus Lite's in-process gRPC server allows
+#: a ping only every 5 minutes without data and answers more with GOAWAY ``too_many_pings`` (logged by
+#: gRPC during a long embedding). The connection is in-process: ping no more often than the server allows.
+LITE_GRPC_OPTIONS = {"grpc.keepalive_time_ms": 360_000, "grpc.keepalive_permit_without_calls": False}
 #: Milvus caps a query() window at 16,384 rows.
 QUERY_WINDOW = 16_384
 #: Lite memtable segments hold at most this many rows (milvus_lite.constants.MAX_SEGMENT_ROWS).
@@ -73,6 +79,75 @@ def mask_uri(uri: str) -> str:
         scheme, rest = uri.split("://", 1)
         return f"{scheme}://***@{rest.split('@', 1)[1]}"
     return uri
+
+
+def strip_uri_credentials(uri: str) -> tuple[str, str | None]:
+    """``http://user:pw@host:19530`` -> (``http://host:19530``, ``"user:pw"``); other URIs unchanged.
+
+    Why: the URI is saved to ``run.toml``; credentials travel as the token instead, which is never saved.
+    """
+    if "://" not in uri:
+        return uri, None
+    scheme, rest = uri.split("://", 1)
+    netloc, sep, path = rest.partition("/")
+    if "@" not in netloc:
+        return uri, None
+    userinfo, host = netloc.rsplit("@", 1)
+    return f"{scheme}://{host}{sep}{path}", userinfo or None
+
+
+#: Milvus collection names: a letter or ``_`` first, then letters, digits, ``_``; at most 255 characters.
+_COLLECTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
+
+
+def check_collection_name(name: str) -> None:
+    """Raise EngineError unless ``name`` is a valid Milvus collection name (checked before any work)."""
+    if not isinstance(name, str) or not _COLLECTION_NAME.fullmatch(name):
+        raise EngineError(
+            f"--collection {name!r} is not a valid Milvus collection name: start with a letter or _, then "
+            "only letters, digits and _ (at most 255 characters)"
+        )
+
+
+#: Integer ranges of the index build / search parameters Milvus documents, per parameter name.
+#: Values outside them reach Faiss/Knowhere unchecked: measured, HNSW M=-5 grew the process to 21 GB
+#: and M=0 aborted with a Faiss assertion. Parameters not listed here are passed through unchecked.
+PARAM_RANGES: dict[str, tuple[int, int]] = {
+    "M": (2, 2048),
+    "efConstruction": (1, 2**31 - 1),
+    "ef": (1, 32768),
+    "nlist": (1, 65536),
+    "nprobe": (1, 65536),
+    "m": (1, 65536),
+    "nbits": (1, 16),
+    "reorder_k": (1, 2**31 - 1),
+    "search_list": (1, 65535),
+    "intermediate_graph_degree": (1, 1024),
+    "graph_degree": (1, 1024),
+    "itopk_size": (1, 65536),
+    "search_width": (1, 65536),
+    "level": (1, 5),
+}
+
+
+def check_index_params(
+    params: dict[str, Any] | None, option: str, index_type: str | None = None, dim: int | None = None
+) -> None:
+    """Raise EngineError naming ``option`` and the key when a known parameter is not an integer in range."""
+    for key, value in (params or {}).items():
+        if key not in PARAM_RANGES:
+            continue
+        low, high = PARAM_RANGES[key]
+        if isinstance(value, bool) or not isinstance(value, int):
+            if isinstance(value, float) and value.is_integer():
+                value = int(value)
+            else:
+                raise EngineError(f"{option}: {key!r} must be an integer in {low}..{high}, got {value!r}")
+        if not low <= value <= high:
+            raise EngineError(f"{option}: {key!r} must be an integer in {low}..{high}, got {value!r}")
+    if index_type in ("IVF_PQ", "GPU_IVF_PQ") and dim and "m" in (params or {}):
+        if dim % int(params["m"]):  # type: ignore[index]
+            raise EngineError(f"{option}: 'm' ({params['m']}) must divide the vector dimension ({dim})")  # type: ignore[index]
 
 
 def default_index_params(index_type: str, n_rows: int) -> dict[str, Any]:
@@ -195,6 +270,9 @@ class MilvusStore:
         self._direct: Any = None
         self._loaded = False
         self._count_cache: int | None = None
+        #: Set by the owner of an engine-run server: retries stop at once when it returns False.
+        self.alive: Callable[[], bool] | None = None
+        self._rebuilding = False
 
     # ------------------------------------------------------------------ setup
     def _validate(self) -> None:
@@ -207,10 +285,9 @@ class MilvusStore:
                 f"unknown index type {self.index_type!r} for {where} (parameter index_type); "
                 f"expected one of {', '.join(allowed)}"
             )
-        if not self.collection or not self.collection.replace("_", "").isalnum():
-            raise EngineError(
-                f"invalid collection name {self.collection!r} (parameter collection): letters, digits, _"
-            )
+        check_collection_name(self.collection)
+        check_index_params(self.index_params, "index_params", self.index_type, self.dim)
+        check_index_params(self.search_params, "search_params", self.index_type)
         if self.dim is not None and int(self.dim) <= 0:
             raise EngineError(f"dim must be positive, got {self.dim} (parameter dim)")
         if self.text_max_bytes < 1 or self.text_max_bytes > 65535:
@@ -239,6 +316,8 @@ class MilvusStore:
 
     def _connect(self) -> Any:
         from pymilvus import MilvusClient
+
+        logs.apply()  # pymilvus set its own log levels when it was imported
 
         if self.is_lite:
             return self._connect_lite(MilvusClient)
@@ -275,7 +354,7 @@ class MilvusStore:
         if self.db_name not in (None, "", "default"):
             raise EngineError("Milvus Lite has only the 'default' database (parameter db_name)")
         try:
-            return client_cls(uri=path)
+            return client_cls(uri=path, grpc_options=LITE_GRPC_OPTIONS)
         except Exception as exc:
             if _lite_dir_locked(path):
                 raise EngineError(
@@ -300,7 +379,8 @@ class MilvusStore:
             except EngineError:
                 raise
             except Exception as exc:
-                if attempt + 1 < attempts and _is_transient(exc):
+                gone = self.alive is not None and not self.alive()
+                if attempt + 1 < attempts and _is_transient(exc) and not gone:
                     delay = self.retry_backoff * 2**attempt
                     log.warning("Milvus %s failed transiently, retry %d in %.1fs", what, attempt + 1, delay)
                     time.sleep(delay)
@@ -429,6 +509,15 @@ class MilvusStore:
         self._count_cache = None
         return n
 
+    def delete(self, ids: Sequence[int] | np.ndarray, batch: int = 10_000) -> int:
+        """Delete rows by primary key (a resumed ingest drops rows whose text changed or vanished)."""
+        ids_arr = np.unique(np.asarray(ids, dtype=np.int64).reshape(-1))
+        for start in range(0, ids_arr.size, batch):
+            chunk = [int(i) for i in ids_arr[start : start + batch]]
+            self._call("delete", self.client.delete, self.collection, ids=chunk, timeout=self.timeout)
+        self._count_cache = None
+        return int(ids_arr.size)
+
     def flush(self) -> None:
         """Seal in-memory rows into segments so they get indexed (Lite brute-forces unflushed rows)."""
         col = self._lite_collection()
@@ -538,7 +627,20 @@ class MilvusStore:
         if col is not None:  # in-process: loading a big HNSW index can outlast gRPC keepalives
             self._lite_op("load", col.load)
         else:
-            self._call("load_collection", self.client.load_collection, self.collection, timeout=None)
+            try:
+                self._call("load_collection", self.client.load_collection, self.collection, timeout=None)
+            except EngineError:
+                # A server killed while it built the index can leave it unloadable (measured:
+                # "unrecoverable error" on the next run). The rows are intact: build the index again.
+                if self._rebuilding or (self.alive is not None and not self.alive()):
+                    raise
+                log.warning("milvus: collection %r does not load; rebuilding its index", self.collection)
+                self._rebuilding = True
+                try:
+                    self.build_index()
+                finally:
+                    self._rebuilding = False
+                return
         self._loaded = True
 
     # ------------------------------------------------------------------ reads

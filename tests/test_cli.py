@@ -67,7 +67,7 @@ def test_bad_input_is_one_clear_line(tmp_path, shared_data_dir, args, needles):
 
 def test_missing_bge_m3_weights_is_a_clear_stop(tmp_path, shared_data_dir):
     news = os.path.join(shared_data_dir, "news_headlines_2024", "news_data_dedup.csv")
-    proc = engine("run", news, "--out", str(tmp_path / "o"), "--limit", "20")
+    proc = engine("run", news, "--out", str(tmp_path / "o"), "--limit", "40")
     assert_one_line_error(proc, "BAAI/bge-m3")
     assert "all-MiniLM-L6-v2" in proc.stderr  # says which smaller model works offline
     assert not (tmp_path / "o" / "labels.parquet").exists()
@@ -117,6 +117,7 @@ def test_end_to_end_on_tutorial_headlines(news_run):
     assert summary["documents"] == 870 and summary["clusters"] == n_clusters
     assert "== engine summary ==" in proc.stdout and "map.html" in proc.stdout
 
+    assert 'href="map.html"' in (out / "report.html").read_text()  # the first report links to the map
     html = (out / "map.html").read_text()
     assert "<script>alert" not in html
     assert (out / "map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -139,3 +140,8 @@ def test_stage_rerun_on_saved_outputs(news_run):
     # re-running embed on a finished run resumes: nothing is embedded twice
     again = engine("embed", "--out", str(out), "--quiet")
     assert again.returncode == 0, again.stderr[-2000:]
+
+
+def test_readme_names_the_installed_download_command():
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert "hf download BAAI/bge-m3" in readme and "huggingface-cli" not in readme

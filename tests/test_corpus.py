@@ -127,7 +127,9 @@ def test_missing_column(tmp_path, frame):
 def test_bad_encoding_names_offset(tmp_path):
     path = tmp_path / "latin.csv"
     path.write_bytes("title,description\nCaf\xe9 news,ok\n".encode("latin-1"))
-    with pytest.raises(EngineError, match=r"cannot decode byte .* at offset \d+ as utf-8; pass --encoding"):
+    with pytest.raises(
+        EngineError, match=r"line 2: cannot decode byte .* at byte offset 21 as utf-8; pass --encoding"
+    ):
         load_corpus(path)
     corpus = load_corpus(path, encoding="latin-1")
     assert corpus.frame["text"].iloc[0] == "Café news\nok"
@@ -151,7 +153,7 @@ def test_zero_usable_rows(tmp_path):
 def test_malformed_json_and_unknown_extension(tmp_path):
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"title": "ok"}\n{"title": \n')
-    with pytest.raises(EngineError, match="not valid jsonl"):
+    with pytest.raises(EngineError, match="line 2: not valid JSON-lines"):
         load_corpus(bad)
     odd = tmp_path / "corpus.xlsx"
     odd.write_text("x")

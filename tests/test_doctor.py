@@ -37,6 +37,12 @@ def test_report_has_every_section(report: dict) -> None:
     json.dumps(report)  # JSON-able for bug reports
 
 
+def test_graph_hint_names_the_real_flag(report: dict) -> None:
+    text = format_report(report)
+    assert "--graph-source exact" in json.dumps(report) and "--graph-source exact" in text
+    assert "--graph exact" not in text
+
+
 def test_auto_matches_the_hardware(report: dict) -> None:
     if report["cuda"]:
         assert report["hardware"]["cuda_devices"]

@@ -142,6 +142,34 @@ def test_bad_inputs(flat_store, data) -> None:
         build_knn_graph(flat_store, x, dup, progress=False)
 
 
+class _FailingSearch:
+    """The real store, whose third search request fails (fault injection; every other call is real)."""
+
+    def __init__(self, store: MilvusStore) -> None:
+        self.store, self.calls = store, 0
+        self.is_lite, self.metric, self.index_type = store.is_lite, store.metric, store.index_type
+
+    def count(self) -> int:
+        return self.store.count()
+
+    def load(self) -> None:
+        self.store.load()
+
+    def search(self, *args, **kwargs):
+        self.calls += 1
+        if self.calls == 3:
+            raise EngineError("Milvus search failed (injected)")
+        return self.store.search(*args, **kwargs)
+
+
+def test_failed_search_stops_the_graph_build_without_running_the_queue(flat_store, data) -> None:
+    x, ids = data
+    failing = _FailingSearch(flat_store)
+    with pytest.raises(EngineError, match="injected"):
+        build_knn_graph(failing, x, ids, k=5, workers=2, batch_size=4, progress=False)  # 150 batches
+    assert failing.calls <= 3 + 2 * 2 + 2, failing.calls  # the failure + what was in flight, not all 150
+
+
 def test_hnsw_recall_on_clustered_data(tmp_path) -> None:
     x = clustered(3000, 64, 30, seed=7, spread=0.5)
     ids = np.arange(3000, dtype=np.int64)[::-1].copy() * 2

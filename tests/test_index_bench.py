@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pandas as pd
@@ -226,3 +228,33 @@ def test_bench_index_on_standalone_server(clustered: np.ndarray, request, tmp_pa
         assert not [c for c in client.list_collections() if c.startswith(("engine_bench", "engine_probe"))]
     finally:
         client.close()
+
+
+@pytest.mark.server
+def test_bench_index_cli_takes_a_token_and_never_shows_it(clustered: np.ndarray, request, tmp_path) -> None:
+    uri = request.getfixturevalue("milvus_server")
+    token = "root:Bench-S3cret-4242"
+    vectors = tmp_path / "vectors.npy"
+    np.save(vectors, clustered[:400])
+    out = tmp_path / "bench"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "engine",
+            "bench-index",
+            str(vectors),
+            "--milvus-uri",
+            uri,
+            "--milvus-token",
+            token,
+        ]
+        + ["--index", "FLAT", "--graph-k", "0", "--queries", "20", "--latency-queries", "5", "--repeats", "1"]
+        + ["--no-probe", "--no-plots", "--no-progress", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert token not in proc.stdout + proc.stderr
+    assert all(token.encode() not in p.read_bytes() for p in out.rglob("*") if p.is_file())

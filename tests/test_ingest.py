@@ -88,16 +88,17 @@ def test_bad_inputs_raise_engine_errors(tmp_path, encoder):
             ingest(pd.DataFrame({"id": [1]}), encoder, store, vec_path, progress=False)
         ingest(make_frame(50), encoder, store, vec_path, progress=False)
         other = make_frame(40, seed=9)
-        other["id"] += 5  # other ids: the stored collection is not this corpus
-        with pytest.raises(EngineError, match="not in this corpus"):
-            ingest(other, encoder, store, vec_path, progress=False)
+        other["id"] += 5  # other ids: the stored rows vanish from the corpus and are dropped
+        res = ingest(other, encoder, store, vec_path, progress=False)
+        assert (res.n_vanished, res.n_embedded, res.n_existing) == (50, 40, 0)
+        np.testing.assert_array_equal(store.existing_ids(), np.sort(other["id"].to_numpy()))
 
 
 class _CrashAfter:
     """A real encoder whose stream stops with an error after ``k`` windows (fault injection, no mock)."""
 
     def __init__(self, encoder, k: int):
-        self.encoder, self.k, self.dim = encoder, k, encoder.dim
+        self.encoder, self.k, self.dim, self.name = encoder, k, encoder.dim, encoder.name
 
     def iter_encode(self, texts, window=4096):
         for i, item in enumerate(self.encoder.iter_encode(texts, window=window)):
@@ -115,7 +116,7 @@ def test_interrupted_ingest_resumes_where_it_stopped(tmp_path, encoder):
         stored = store.existing_ids()
         assert 0 < len(stored) <= 300
         res = ingest(frame, encoder, store, vec_path, insert_batch=100, progress=False)
-        assert res.n_existing == len(stored) and res.n_existing + res.n_embedded == 1000
+        assert res.n_existing == len(stored) and res.n_existing + res.n_embedded + res.n_from_disk == 1000
         np.testing.assert_array_equal(store.existing_ids(), np.sort(frame["id"].to_numpy()))
         assert store.count_rows() == 1000
     np.testing.assert_allclose(np.load(vec_path), encoder.encode(frame["text"].tolist()), atol=1e-5)
@@ -194,10 +195,67 @@ def test_kill_minus_nine_then_resume_gives_exactly_n_unique_ids(tmp_path, tiny_b
         partial_states.append(len(ids))
     print(f"kill points: {partial_states} of {n} stored (clean run {t_clean:.2f}s)")
     result = _run_child(args, kill_after=None)
-    assert result["n_total"] == n and result["n_existing"] + result["n_embedded"] == n
+    assert result["n_total"] == n
+    assert result["n_existing"] + result["n_embedded"] + result["n_from_disk"] == n
     assert result["n_existing"] == partial_states[-1]
     ids, count = _stored_ids(db)
     assert count == n
     np.testing.assert_array_equal(ids, expected)  # none missing, none twice
     np.testing.assert_allclose(np.load(vec_path), clean, atol=1e-5)
     assert any(0 < k < n for k in partial_states), f"no kill landed mid-ingest: {partial_states}, {t_clean=}"
+
+
+def test_edited_rows_are_embedded_again_and_only_those(tmp_path, encoder):
+    """Ids are row numbers by default: only the content can tell that a stored vector is stale."""
+    frame = make_frame(200)
+    db, vec_path = tmp_path / "milvus.db", tmp_path / "embeddings.npy"
+    with MilvusStore(str(db)) as store:
+        ingest(frame, encoder, store, vec_path, insert_batch=64, progress=False)
+        before = np.load(vec_path)
+        edited = frame.copy()
+        rows = np.random.default_rng(1).choice(200, size=10, replace=False)
+        edited.loc[rows, "text"] = [f"an edited document number {i} about something else" for i in rows]
+        res = ingest(edited, encoder, store, vec_path, insert_batch=64, progress=False)
+        assert (res.n_changed, res.n_embedded, res.n_existing, res.n_vanished) == (10, 10, 190, 0)
+        after = np.load(vec_path)
+        untouched = np.setdiff1d(np.arange(200), rows)
+        np.testing.assert_array_equal(after[untouched], before[untouched])
+        np.testing.assert_allclose(after[rows], encoder.encode(edited["text"].iloc[rows].tolist()), atol=1e-5)
+        ids = store.existing_ids()
+        assert len(ids) == 200 and len(np.unique(ids)) == 200
+        # Milvus holds the new vectors, not the stale ones
+        got = store.client.get(
+            store.collection, ids=[int(i) for i in frame["id"].iloc[rows]], output_fields=["vector"]
+        )
+        by_id = {r["id"]: np.asarray(r["vector"], dtype=np.float32) for r in got}
+        for row in rows:
+            np.testing.assert_allclose(by_id[int(frame["id"].iloc[row])], after[row], atol=1e-6)
+        # A different corpus with as many rows and the same (row-number) ids: everything is detected.
+        other = frame.copy()
+        other["text"] = [f"a different file, line {i}" for i in range(200)]
+        res = ingest(other, encoder, store, vec_path, insert_batch=64, progress=False)
+        assert (res.n_changed, res.n_embedded) == (200, 200)
+        np.testing.assert_allclose(np.load(vec_path), encoder.encode(other["text"].tolist()), atol=1e-5)
+
+
+def test_reordered_and_shrunk_corpus_keeps_valid_vectors(tmp_path, encoder):
+    frame = make_frame(120)
+    db, vec_path = tmp_path / "milvus.db", tmp_path / "embeddings.npy"
+    with MilvusStore(str(db)) as store:
+        ingest(frame, encoder, store, vec_path, insert_batch=50, progress=False)
+        smaller = frame.iloc[::-1].iloc[:100].reset_index(drop=True)  # reversed, 20 rows gone
+        res = ingest(smaller, encoder, store, vec_path, insert_batch=50, progress=False)
+        assert (res.n_vanished, res.n_embedded, res.n_existing) == (20, 0, 100)
+        np.testing.assert_allclose(np.load(vec_path), encoder.encode(smaller["text"].tolist()), atol=1e-5)
+        np.testing.assert_array_equal(store.existing_ids(), np.sort(smaller["id"].to_numpy()))
+
+
+def test_vectors_lost_by_milvus_are_reinserted_from_the_file(tmp_path, encoder):
+    frame = make_frame(150)
+    db, vec_path = tmp_path / "milvus.db", tmp_path / "embeddings.npy"
+    with MilvusStore(str(db)) as store:
+        ingest(frame, encoder, store, vec_path, insert_batch=50, progress=False)
+        store.delete(frame["id"].to_numpy()[:40])  # as if the server lost them
+        res = ingest(frame, encoder, store, vec_path, insert_batch=50, progress=False)
+        assert (res.n_from_disk, res.n_embedded, res.n_existing) == (40, 0, 110)
+        np.testing.assert_array_equal(store.existing_ids(), np.sort(frame["id"].to_numpy()))

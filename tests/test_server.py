@@ -291,6 +291,8 @@ def test_cli_run_with_env_token_against_dead_server(tiny_bge_m3_path, tmp_path) 
         str(out),
         "--model",
         str(tiny_bge_m3_path),
+        "--k",
+        "5",
     ]
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600, check=False)
     text = proc.stdout + proc.stderr

@@ -40,6 +40,7 @@ from engine.bench.index_catalog import (
     wire_index_params,
 )
 from engine.errors import EngineError
+from engine.store import mask_uri
 
 log = logging.getLogger(__name__)
 
@@ -286,6 +287,11 @@ def _quiet_milvus_logs() -> None:
         logging.getLogger(name).setLevel(logging.CRITICAL)
 
 
+def _redact(text: str, token: str | None) -> str:
+    """The command line as saved in the results, without the token."""
+    return text.replace(token, "***") if token else text
+
+
 def _dir_bytes(path: Path, pattern: str = "*.idx") -> int:
     return sum(f.stat().st_size for f in path.rglob(pattern) if f.is_file()) if path.exists() else 0
 
@@ -320,9 +326,11 @@ class IndexBench:
         collection: str | None = None,
         seed: int = 0,
         progress: bool = True,
+        token: str | None = None,
     ) -> None:
         self.configs = list(configs)
         self.milvus_uri = milvus_uri
+        self._token = token
         self.k = k
         self.n_queries = n_queries
         self.batch_nq = batch_nq
@@ -381,7 +389,9 @@ class IndexBench:
             uri = str(scratch / "bench.db")
         name = self.collection or f"engine_bench_{os.getpid()}_{int(time.time()) % 100000}"
         # The store is created with FLAT and retargeted per build group (same collection).
-        store = MilvusStore(uri, collection=name, dim=dim, metric=self.metric, index_type="FLAT")
+        store = MilvusStore(
+            uri, token=self._token, collection=name, dim=dim, metric=self.metric, index_type="FLAT"
+        )
         try:
             self.server_version_ = server_version(store.client)
             _quiet_milvus_logs()  # pymilvus (re)configures its loggers when the client connects
@@ -725,6 +735,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     parser.add_argument(
         "--milvus-uri", default=None, help="Milvus server uri (default: a scratch Milvus Lite db)"
     )
+    parser.add_argument(
+        "--milvus-token",
+        default=None,
+        help="Milvus token (user:password or API key); or set MILVUS_TOKEN. Never printed.",
+    )
     parser.add_argument("--out", default=None, help="output directory (default: SOURCE_DIR/bench_index)")
     parser.add_argument("--k", type=int, default=10, help="recall@k (default 10)")
     parser.add_argument("--queries", type=int, default=200, help="query sample size (default 200)")
@@ -772,6 +787,7 @@ def run(args: argparse.Namespace) -> int:
         configs = parse_specs(DEFAULT_SWEEP)
     vs = load_vectors(args.source, limit=args.limit)
     uri = args.milvus_uri or vs.milvus_uri
+    token = args.milvus_token or os.environ.get("MILVUS_TOKEN") or None
     bench = IndexBench(
         configs,
         uri,
@@ -791,6 +807,7 @@ def run(args: argparse.Namespace) -> int:
         probe_cache=args.probe_cache,
         seed=args.seed,
         progress=not args.no_progress,
+        token=token,
     ).fit(vs.vectors, vs.ids)
     src = Path(args.source)
     out = Path(args.out) if args.out else (src if src.is_dir() else src.parent) / "bench_index"
@@ -799,13 +816,13 @@ def run(args: argparse.Namespace) -> int:
         "source": str(args.source),
         "n": int(vs.vectors.shape[0]),
         "dim": int(vs.vectors.shape[1]),
-        "milvus": "lite (scratch)" if not uri else uri,
+        "milvus": "lite (scratch)" if not uri else mask_uri(uri),
         "k": args.k,
         "queries": min(args.queries, vs.vectors.shape[0]),
         "graph_k": args.graph_k,
         "repeats": args.repeats,
         "min_cluster_size": args.min_cluster_size,
-        "command": "engine bench-index " + " ".join(sys.argv[1:]) if sys.argv else "",
+        "command": _redact("engine bench-index " + " ".join(sys.argv[1:]), token) if sys.argv else "",
         "recommendation": rec,
     }
     if not bench.server_version_.startswith("milvus_lite") and meta["n"] < SMALL_SEGMENT_ROWS:

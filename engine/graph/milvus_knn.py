@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, as_completed, wait
 from typing import Any
 
 import numpy as np
@@ -69,6 +69,29 @@ def _finish_rows(
         dist = np.pad(dist, ((0, 0), (0, pad)), constant_values=np.inf)
     cand[~np.isfinite(dist)] = -1
     return cand.astype(np.int32), dist
+
+
+def _run_bounded(run: Any, starts: range, workers: int, bar: Any) -> None:
+    """``run(start)`` for every start on ``workers`` threads, at most 2 x workers batches queued.
+
+    Why not submit everything up front: a failed search (or Ctrl+C) then waited for every queued
+    batch of the whole corpus before the error surfaced. Here the first error cancels what is queued
+    and is raised once the few batches in flight return.
+    """
+    pending: set[Future] = set()
+    todo = iter(starts)
+    pool = ThreadPoolExecutor(max_workers=workers)
+    try:
+        for start in todo:
+            pending.add(pool.submit(run, start))
+            if len(pending) >= 2 * workers:
+                done, pending = wait(pending, return_when=FIRST_COMPLETED)
+                for f in done:
+                    bar.update(f.result())
+        for f in as_completed(pending):
+            bar.update(f.result())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
 
 
 def build_knn_graph(
@@ -154,10 +177,7 @@ def build_knn_graph(
             for s in starts:
                 bar.update(run(s))
         else:
-            with ThreadPoolExecutor(max_workers=workers) as pool:
-                futures = [pool.submit(run, s) for s in starts]
-                for f in as_completed(futures):
-                    bar.update(f.result())
+            _run_bounded(run, starts, workers, bar)
     elapsed = time.perf_counter() - t0
     meta = {
         "source": "milvus",

@@ -1,0 +1,119 @@
+"""The run directory lock: one engine command per ``--out`` at a time.
+
+Why: two commands on one run directory interleave their files (measured: ``corpus.parquet`` of one
+corpus next to ``labels.parquet`` and ``embeddings.npy`` of another). The lock is an ``flock`` on
+``DIR/.engine.lock``, which also records the owner (pid, command, start time) for the refusal message.
+The kernel drops an ``flock`` when its process dies, so a lock left by a killed command is simply
+free; its stale record is reported and overwritten. A refused command has written nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from engine.errors import EngineError
+
+try:  # POSIX; on Windows the lock is a no-op
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+log = logging.getLogger("engine")
+
+LOCK_NAME = ".engine.lock"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def prepare_out_dir(root: Path) -> None:
+    """Create the run directory, or raise one line naming ``--out`` (an existing file, a read-only place)."""
+    if root.exists() and not root.is_dir():
+        raise EngineError(f"--out {root} is an existing file, not a directory: pick another --out")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise EngineError(f"--out {root}: a parent of it is a file, not a directory") from None
+    except OSError as exc:
+        raise EngineError(f"--out {root}: cannot create the run directory ({exc.strerror})") from None
+
+
+class RunLock:
+    """``with RunLock(out_dir, "run"):`` holds the directory for the duration of one command."""
+
+    def __init__(self, root: str | os.PathLike[str], command: str) -> None:
+        self.root = Path(root)
+        self.command = command
+        self.path = self.root / LOCK_NAME
+        self._fd: int | None = None
+
+    def owner(self) -> dict[str, Any]:
+        """The recorded owner (``pid``, ``command``, ``started``), or {} when none is recorded."""
+        try:
+            return json.loads(self.path.read_text(encoding="utf-8") or "{}")
+        except (OSError, ValueError):
+            return {}
+
+    def acquire(self) -> RunLock:
+        prepare_out_dir(self.root)
+        try:
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise EngineError(f"--out {self.root} is not writable ({exc.strerror})") from None
+        if fcntl is not None:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                os.close(fd)
+                owner = self.owner()
+                who = f"`engine {owner.get('command', '?')}` (pid {owner.get('pid', '?')}"
+                since = owner.get("started")
+                who += f", started {time.strftime('%H:%M:%S', time.localtime(since))})" if since else ")"
+                raise EngineError(
+                    f"--out {self.root} is in use by {who}: wait for it to finish, or use another --out"
+                ) from None
+        stale = self.owner()
+        if stale.get("pid") and stale.get("pid") != os.getpid():
+            state = "no longer running" if not _pid_alive(int(stale["pid"])) else "no longer holding it"
+            log.warning(
+                "run directory %s: taking over the lock of `engine %s` (pid %s), which is %s",
+                self.root,
+                stale.get("command", "?"),
+                stale["pid"],
+                state,
+            )
+        record = json.dumps({"pid": os.getpid(), "command": self.command, "started": time.time()})
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, record.encode("utf-8"), 0)
+        self._fd = fd
+        return self
+
+    def release(self) -> None:
+        fd, self._fd = self._fd, None
+        if fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.ftruncate(fd, 0)  # a clean end leaves no owner record behind
+        if fcntl is not None:
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
