@@ -151,6 +151,14 @@ CLUSTER_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--cluster-backend", {"choices": ["auto", "cpu", "cuml"], "help": "auto: cuML with a GPU, else CPU"}),
 ]
 MAP_OPTIONS: list[tuple[str, dict[str, Any]]] = [
+    (
+        "--map-method",
+        {
+            "choices": ["auto", "embedding", "umap"],
+            "help": "embedding: refine the cluster stage's node embedding to 2-D on the graph (auto's choice "
+            "when it exists; minutes at 1M); umap: umap-learn/cuML UMAP of the graph",
+        },
+    ),
     ("--n-neighbors", {"type": int, "help": "UMAP n_neighbors (default 15, at most --k)"}),
     ("--min-dist", {"type": float, "help": "UMAP min_dist (default 0.1)"}),
     (

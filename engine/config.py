@@ -76,6 +76,7 @@ class EngineConfig:
     n_neighbors: int = 15
     min_dist: float = 0.1
     map_backend: str = "auto"
+    map_method: str = "auto"  # auto: from the cluster embedding when there is one, else UMAP
     seed: int | None = 42  # None ("none" on the command line): every core, not reproducible
     # report
     n_keywords: int = 10
@@ -118,6 +119,7 @@ class EngineConfig:
             "cluster_space": ("embedding", "graph"),
             "cluster_backend": ("auto", "cpu", "cuml"),
             "map_backend": ("auto", "cpu", "cuml"),
+            "map_method": ("auto", "embedding", "umap"),
             "device": None,
             "precision": ("auto", "fp32", "bf16", "fp16"),
         }

@@ -138,6 +138,51 @@ def fallback_layout(n: int, vectors: np.ndarray | None = None) -> np.ndarray:
     return np.stack([np.cos(angle), np.sin(angle)], axis=1).astype(np.float32)
 
 
+def layout_from_embedding(
+    graph: Any,
+    cluster_embedding: np.ndarray,
+    random_state: int | None = 42,
+    n_epochs: int = 200,
+    n_neighbors: int = 15,
+) -> np.ndarray:
+    """2-D layout that reuses the cluster stage: PCA of its node embedding, refined on the same fuzzy graph.
+
+    EVoC's node-embedding optimiser (UMAP's objective, numba) in 2 dimensions, started from the
+    2 leading principal axes of the cluster embedding, so the map shows the clusters the cluster
+    stage found and needs no spectral initialisation. With a seed it runs EVoC's reproducible
+    (still multi-threaded) update; ``random_state=None`` uses its faster lock-free update.
+    """
+    from evoc.node_embedding import node_embedding
+
+    from engine.cluster.embedding import fuzzy_graph
+
+    emb = np.asarray(cluster_embedding, dtype=np.float64)
+    n = emb.shape[0]
+    if n < MIN_UMAP_POINTS:
+        return fallback_layout(n, emb)
+    centred = emb - emb.mean(axis=0)
+    # 2 leading principal axes from the small (d x d) covariance: O(N d^2), fine at 1M x 4
+    _, vecs = np.linalg.eigh(centred.T @ centred)
+    init = centred @ vecs[:, ::-1][:, :2]
+    span = float(np.abs(init).max()) or 1.0
+    init = np.ascontiguousarray(init / span * 10.0, dtype=np.float32)
+    fuzzy = fuzzy_graph(graph, n_neighbors)
+    rng = np.random.RandomState(random_state) if random_state is not None else np.random.RandomState()
+    out = node_embedding(
+        fuzzy,
+        n_components=2,
+        n_epochs=n_epochs,
+        initial_embedding=init,
+        negative_sample_rate=1.0,
+        noise_level=0.5,
+        random_state=rng,
+        verbose=False,
+        reproducible_flag=random_state is not None,
+        initial_alpha=0.1,
+    )
+    return np.ascontiguousarray(np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0), dtype=np.float32)
+
+
 def project_2d(
     graph: Any,
     n_neighbors: int = 15,
