@@ -210,13 +210,52 @@ def run_dataset(
     return out
 
 
+def markdown(report: dict) -> str:
+    """The RESULTS.md table: one row per dataset and method."""
+    rows = [
+        "| corpus | method | NMI all | ARI all | NMI clustered | ARI clustered | noise | clusters | seconds |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for name, ds in report["datasets"].items():
+        for method, r in ds["methods"].items():
+            if "skipped" in r:
+                continue
+            cells = [r.get(k, "") for k in ("nmi_all", "ari_all", "nmi_clustered", "ari_clustered")]
+            rows.append(
+                f"| {name} | {method} | "
+                + " | ".join(f"{c:.3f}" if isinstance(c, float) else "-" for c in cells)
+                + f" | {r['noise_share']:.1%} | {r['clusters']} | {r['seconds']:.1f} |"
+            )
+    return "\n".join(rows)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="bbc,ag,news870")
     parser.add_argument("--methods", default=",".join(METHODS))
     parser.add_argument("--seed", type=int, default=42)
     parser.add_argument("--out", default=RESULTS)
+    parser.add_argument(
+        "--merge", nargs="*", default=[], help="merge these result JSONs into --out (no runs)"
+    )
+    parser.add_argument("--markdown", help="print the markdown table of this result JSON (no runs)")
     args = parser.parse_args(argv)
+    if args.markdown:
+        print(markdown(json.load(open(args.markdown))))
+        return 0
+    if args.merge:
+        merged: dict = {}
+        for path in args.merge:
+            part = json.load(open(path))
+            datasets = merged.get("datasets", {})
+            for name, ds in part["datasets"].items():  # later files win per method
+                methods = {**datasets.get(name, {}).get("methods", {}), **ds["methods"]}
+                datasets[name] = {**datasets.get(name, {}), **ds, "methods": methods}
+            merged = {**part, "datasets": datasets, "merged_from": list(args.merge)}
+        with open(args.out, "w") as fh:
+            json.dump(merged, fh, indent=2)
+        print(f"wrote {args.out}")
+        return 0
     from tests.fixtures.data import minilm_embed
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())

@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from engine.cluster.embedding import DEFAULT_N_NEIGHBORS, embed_graph
+from engine.cluster.embedding import DEFAULT_N_NEIGHBORS, DEFAULT_NOISE_LEVEL, embed_graph
 from engine.cluster.graph_hdbscan import ClusterResult
 from engine.cluster.layers import build_layers
 from engine.cluster.noise import assign_noise
@@ -44,6 +44,7 @@ def cluster_embedding_space(
     vectors: np.ndarray | None = None,
     n_neighbors: int = DEFAULT_N_NEIGHBORS,
     n_components: int | None = None,
+    noise_level: float = DEFAULT_NOISE_LEVEL,
 ) -> ClusterResult:
     """Node embedding of ``graph`` (a KnnGraph), EVoC-style layers on it, primary layer by rule."""
     if min_cluster_size < 2:
@@ -53,7 +54,12 @@ def cluster_embedding_space(
     t0 = time.perf_counter()
     n = int(np.asarray(graph.indices).shape[0])
     emb = embed_graph(
-        graph, n_components=n_components, n_neighbors=n_neighbors, seed=seed, vectors=_init_vectors(vectors)
+        graph,
+        n_components=n_components,
+        n_neighbors=n_neighbors,
+        noise_level=noise_level,
+        seed=seed,
+        vectors=_init_vectors(vectors),
     )
     t1 = time.perf_counter()
     layers = build_layers(
