@@ -30,6 +30,11 @@ def _int_or_none(value: str) -> int | None:
     return None if value.lower() in ("none", "auto") else int(value)
 
 
+def _seed(value: str) -> int | str:
+    """An integer seed, or "none" (kept as text so it can override a saved seed; config maps it to None)."""
+    return "none" if value.lower() in ("none", "auto") else int(value)
+
+
 def _columns(value: str) -> list[str]:
     return [c.strip() for c in value.split(",") if c.strip()]
 
@@ -116,23 +121,64 @@ GRAPH_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ),
 ]
 CLUSTER_OPTIONS: list[tuple[str, dict[str, Any]]] = [
-    ("--min-cluster-size", {"type": int, "help": "HDBSCAN min_cluster_size (default 5)"}),
+    (
+        "--cluster-space",
+        {
+            "choices": ["embedding", "graph"],
+            "help": "embedding (default): a few-dimensional node embedding of the kNN graph, clustered in "
+            "layers (a topic tree); graph: HDBSCAN* directly on the raw kNN graph (one layer)",
+        },
+    ),
+    (
+        "--n-clusters",
+        {"type": _int_or_none, "help": "primary layer of about N clusters (default: chosen by persistence)"},
+    ),
+    (
+        "--assign-noise",
+        {
+            "action": "store_true",
+            "default": argparse.SUPPRESS,
+            "help": "give each noise document the cluster most of its graph neighbours hold "
+            "(labels.parquet column `assigned` marks them)",
+        },
+    ),
+    ("--min-cluster-size", {"type": int, "help": "HDBSCAN min_cluster_size (default 5; finest layer)"}),
     (
         "--min-samples",
-        {"type": _int_or_none, "help": "HDBSCAN min_samples (default 3; 'none' = min_cluster_size)"},
+        {
+            "type": _int_or_none,
+            "help": "HDBSCAN min_samples (default: 5 in the embedding space, 3 on the graph)",
+        },
     ),
     ("--cluster-selection-method", {"choices": ["eom", "leaf"], "help": "HDBSCAN selection (default eom)"}),
     ("--cluster-selection-epsilon", {"type": float, "help": "HDBSCAN cluster_selection_epsilon (default 0)"}),
     ("--cluster-backend", {"choices": ["auto", "cpu", "cuml"], "help": "auto: cuML with a GPU, else CPU"}),
 ]
 MAP_OPTIONS: list[tuple[str, dict[str, Any]]] = [
+    (
+        "--map-method",
+        {
+            "choices": ["auto", "embedding", "umap"],
+            "help": "embedding: refine the cluster stage's node embedding to 2-D on the graph (auto's choice "
+            "when it exists; minutes at 1M); umap: umap-learn/cuML UMAP of the graph",
+        },
+    ),
     ("--n-neighbors", {"type": int, "help": "UMAP n_neighbors (default 15, at most --k)"}),
     ("--min-dist", {"type": float, "help": "UMAP min_dist (default 0.1)"}),
     (
         "--map-backend",
         {"choices": ["auto", "cpu", "cuml"], "help": "auto: cuML UMAP with a GPU, else umap-learn"},
     ),
-    ("--seed", {"type": int, "help": "random seed of the map (default 42)"}),
+]
+SEED_OPTIONS: list[tuple[str, dict[str, Any]]] = [
+    (
+        "--seed",
+        {
+            "type": _seed,
+            "help": "random seed of the cluster embedding and the map (default 42: identical labels every "
+            "run); none = use every core, results vary",
+        },
+    ),
 ]
 REPORT_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--n-keywords", {"type": int, "help": "keywords per cluster (default 10)"}),
@@ -140,11 +186,11 @@ REPORT_OPTIONS: list[tuple[str, dict[str, Any]]] = [
 ]
 
 STAGE_GROUPS = {
-    "run": ["corpus", "embed", "store", "graph", "cluster", "map", "report"],
+    "run": ["corpus", "embed", "store", "graph", "cluster", "map", "seed", "report"],
     "embed": ["corpus", "embed", "store"],
     "graph": ["store", "graph"],
-    "cluster": ["graph", "cluster"],
-    "map": ["map"],
+    "cluster": ["graph", "cluster", "seed"],
+    "map": ["map", "seed"],
     "report": ["report"],
 }
 GROUPS = {
@@ -154,13 +200,14 @@ GROUPS = {
     "graph": GRAPH_OPTIONS,
     "cluster": CLUSTER_OPTIONS,
     "map": MAP_OPTIONS,
+    "seed": SEED_OPTIONS,
     "report": REPORT_OPTIONS,
 }
 STAGE_HELP = {
-    "run": "run every stage: corpus -> embed -> Milvus -> kNN graph -> HDBSCAN -> map -> report",
+    "run": "run every stage: corpus -> embed -> Milvus -> kNN graph -> cluster layers -> map -> report",
     "embed": "read the corpus and embed it into Milvus and DIR/embeddings.npy (resumable)",
     "graph": "build the kNN graph DIR/knn_graph.npz from Milvus (or --graph-source exact)",
-    "cluster": "HDBSCAN on the saved kNN graph -> DIR/clusters.npz",
+    "cluster": "cluster layers on a node embedding of the saved kNN graph (or HDBSCAN* on the graph) -> DIR/clusters.npz",
     "map": "UMAP 2-D coordinates from the saved kNN graph -> DIR/coords.npy",
     "report": "labels.parquet, clusters.json, report.html, map.html, map.png from saved stages",
 }

@@ -19,6 +19,10 @@ from typing import Any
 from engine.errors import EngineError
 
 RUN_CONFIG_NAME = "run.toml"
+#: min_samples defaults per cluster space: the raw-graph HDBSCAN* keeps its measured 3; in the node
+#: embedding EVoC's 5 gave the better layers (benchmarks/quality.py).
+GRAPH_MIN_SAMPLES = 3
+EMBEDDING_MIN_SAMPLES = 5
 
 
 @dataclass
@@ -62,8 +66,11 @@ class EngineConfig:
     target_recall: float = 0.95  # tune ef/nprobe on a sample until recall@k reaches this
     recall_sample: int = 1000  # queries with exact neighbours for measuring/tuning recall; 0 = skip
     # cluster
+    cluster_space: str = "embedding"  # embedding (node embedding of the graph, layers) | graph (raw HDBSCAN*)
+    n_clusters: int | None = None  # ask for a primary layer of about this many clusters
+    assign_noise: bool = False  # give noise documents their neighbours' cluster (labels.parquet `assigned`)
     min_cluster_size: int = 5
-    min_samples: int | None = 3
+    min_samples: int | None = None  # None: 3 on the raw graph, 5 in the embedding (EVoC's default)
     cluster_selection_method: str = "eom"
     cluster_selection_epsilon: float = 0.0
     cluster_backend: str = "auto"
@@ -71,7 +78,8 @@ class EngineConfig:
     n_neighbors: int = 15
     min_dist: float = 0.1
     map_backend: str = "auto"
-    seed: int = 42
+    map_method: str = "auto"  # auto: from the cluster embedding when there is one, else UMAP
+    seed: int | None = 42  # None ("none" on the command line): every core, not reproducible
     # report
     n_keywords: int = 10
     n_representatives: int = 5
@@ -93,6 +101,13 @@ class EngineConfig:
         return self.explicit_milvus_uri or str(self.out_dir / "milvus.db")
 
     @property
+    def effective_min_samples(self) -> int:
+        """--min-samples, else the default of the cluster space (graph 3, embedding 5)."""
+        if self.min_samples is not None:
+            return int(self.min_samples)
+        return GRAPH_MIN_SAMPLES if self.cluster_space == "graph" else EMBEDDING_MIN_SAMPLES
+
+    @property
     def resolved_milvus_token(self) -> str | None:
         uri = self.milvus_uri or os.environ.get("MILVUS_URI") or ""
         return self.milvus_token or os.environ.get("MILVUS_TOKEN") or _strip_credentials(uri)[1] or None
@@ -105,8 +120,10 @@ class EngineConfig:
             "metric": ("COSINE", "IP", "L2"),
             "graph_source": ("milvus", "exact"),
             "cluster_selection_method": ("eom", "leaf"),
+            "cluster_space": ("embedding", "graph"),
             "cluster_backend": ("auto", "cpu", "cuml"),
             "map_backend": ("auto", "cpu", "cuml"),
+            "map_method": ("auto", "embedding", "umap"),
             "device": None,
             "precision": ("auto", "fp32", "bf16", "fp16"),
         }
@@ -131,11 +148,17 @@ class EngineConfig:
             raise EngineError(f"--min-cluster-size must be >= 2, got {self.min_cluster_size}")
         if self.min_samples is not None and self.min_samples < 1:
             raise EngineError(f"--min-samples must be >= 1, got {self.min_samples}")
-        if self.min_samples is not None and self.min_samples > self.k:
+        if self.effective_min_samples > self.k:
             raise EngineError(
-                f"--min-samples ({self.min_samples}) must not exceed --k ({self.k}): core distances need "
+                f"--min-samples ({self.effective_min_samples}) must not exceed --k ({self.k}): core distances need "
                 "that many neighbours in the graph"
             )
+        if self.n_clusters is not None and self.n_clusters < 1:
+            raise EngineError(f"--n-clusters must be >= 1, got {self.n_clusters}")
+        if self.seed is not None and (
+            isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0
+        ):
+            raise EngineError(f"--seed must be an integer >= 0 or 'none', got {self.seed!r}")
         if not 0 < self.target_recall <= 1:
             raise EngineError(f"--target-recall must be within (0, 1], got {self.target_recall}")
         if self.recall_sample < 0:
@@ -196,6 +219,8 @@ class EngineConfig:
             data.pop("milvus_token", None)
             if data.get("milvus_uri"):  # user:password@ in the URI travels as the token, never to disk
                 data["milvus_uri"] = _strip_credentials(data["milvus_uri"])[0]
+        if data.get("seed") is None:
+            data["seed"] = "none"  # TOML has no null; "none" reads back as None
         return data
 
     def save(self, path: Path) -> None:
@@ -214,7 +239,9 @@ class EngineConfig:
         for key, value in overrides.items():
             if key not in known:
                 raise EngineError(f"{where}unknown option {key!r} (known: {', '.join(sorted(known))})")
-            if value is not None:
+            if key == "seed" and isinstance(value, str) and value.lower() in ("none", "auto"):
+                data[key] = None
+            elif value is not None:
                 data[key] = _check_type(key, value, where)
         return EngineConfig(**data)
 

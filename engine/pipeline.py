@@ -82,6 +82,7 @@ class RunPaths:
     embeddings = property(lambda self: self.root / "embeddings.npy")
     embeddings_meta = property(lambda self: self.root / "embeddings.json")
     clusters_npz = property(lambda self: self.root / "clusters.npz")
+    cluster_embedding = property(lambda self: self.root / "cluster_embedding.npy")
     coords = property(lambda self: self.root / "coords.npy")
     labels = property(lambda self: self.root / "labels.parquet")
     clusters_json = property(lambda self: self.root / "clusters.json")
@@ -489,45 +490,109 @@ class Pipeline:
         return self.graph_
 
     def cluster(self):
-        """HDBSCAN on the kNN graph (cuML on raw vectors when chosen)."""
+        """Cluster layers on a node embedding of the kNN graph (default), or HDBSCAN* on the raw graph."""
         from engine.cluster import cluster_graph
+        from engine.cluster.noise import assign_noise
+        from engine.cluster.space import cluster_embedding_space
 
         cfg = self.config
         graph = self._graph()
         with self._stage("cluster"):
-            result = cluster_graph(
-                graph,
-                min_cluster_size=cfg.min_cluster_size,
-                min_samples=cfg.min_samples,
-                cluster_selection_method=cfg.cluster_selection_method,
-                cluster_selection_epsilon=cfg.cluster_selection_epsilon,
-                backend=cfg.cluster_backend,
-                vectors=self.vectors() if cfg.cluster_backend != "cpu" else None,
-            )
-            np.savez(
-                self.paths.clusters_npz,
-                labels=result.labels,
-                probabilities=result.probabilities,
-                outlier_scores=result.outlier_scores,
+            if cfg.cluster_space == "graph":
+                result = cluster_graph(
+                    graph,
+                    min_cluster_size=cfg.min_cluster_size,
+                    min_samples=cfg.effective_min_samples,
+                    cluster_selection_method=cfg.cluster_selection_method,
+                    cluster_selection_epsilon=cfg.cluster_selection_epsilon,
+                    backend=cfg.cluster_backend,
+                    vectors=self.vectors() if cfg.cluster_backend != "cpu" else None,
+                )
+                result.noise_before = result.noise_fraction
+                if cfg.assign_noise:
+                    labels, assigned = assign_noise(result.labels, graph.indices, graph.distances)
+                    result.labels, result.assigned = labels, assigned
+                self.details_["cluster"] = f"HDBSCAN* on the kNN graph ({result.backend})"
+                self.paths.cluster_embedding.unlink(missing_ok=True)
+            else:
+                result = cluster_embedding_space(
+                    graph,
+                    min_cluster_size=cfg.min_cluster_size,
+                    min_samples=cfg.effective_min_samples,
+                    n_clusters=cfg.n_clusters,
+                    assign=cfg.assign_noise,
+                    seed=cfg.seed,
+                    vectors=self.vectors(),
+                )
+                layers = result.layers
+                self.details_["cluster"] = (
+                    f"{layers.n_layers} layers on a {result.embedding.shape[1]}-d node embedding of the graph "
+                    f"({', '.join(str(layers.n_clusters(i)) for i in range(layers.n_layers))} clusters); "
+                    f"primary layer {layers.primary}: {layers.rule}"
+                )
+                np.save(self.paths.cluster_embedding, result.embedding)
+            save = {
+                "labels": result.labels,
+                "probabilities": result.probabilities,
+                "outlier_scores": result.outlier_scores,
+                "noise_before": np.float64(result.noise_before),
+            }
+            if result.assigned is not None:
+                save["assigned"] = result.assigned
+            if result.layers is not None:
+                save["layers"] = np.stack(result.layers.labels).astype(np.int32)
+                save["layer_strengths"] = np.stack(result.layers.strengths).astype(np.float32)
+                save["persistence"] = np.asarray(result.layers.persistence, dtype=np.float64)
+                save["primary"] = np.int64(result.layers.primary)
+            np.savez(self.paths.clusters_npz, **save)
+        noise_after = result.noise_fraction
+        if cfg.assign_noise:
+            self.details_["noise"] = (
+                f"{result.noise_before:.1%} before --assign-noise, {noise_after:.1%} after"
             )
         self.clusters_ = result
-        self.details_["cluster"] = f"HDBSCAN ({result.backend})"
         return result
 
     def _clusters(self) -> dict[str, np.ndarray]:
         if self.clusters_ is not None:
             r = self.clusters_
-            return {"labels": r.labels, "probabilities": r.probabilities, "outlier_scores": r.outlier_scores}
+            out = {"labels": r.labels, "probabilities": r.probabilities, "outlier_scores": r.outlier_scores}
+            if r.assigned is not None:
+                out["assigned"] = r.assigned
+            if r.layers is not None:
+                out["layers"] = np.stack(r.layers.labels)
+                out["layer_strengths"] = np.stack(r.layers.strengths)
+                out["primary"] = np.int64(r.layers.primary)
+            return out
         with np.load(self._require(self.paths.clusters_npz, "cluster")) as data:
             return {key: data[key] for key in data.files}
 
     def project(self) -> np.ndarray:
-        """2-D UMAP coordinates computed from the same kNN graph (no second neighbour search)."""
-        from engine.project import project_2d
+        """2-D coordinates from the same kNN graph (no second neighbour search).
+
+        ``--map-method embedding`` (default when the cluster stage left its node embedding): start
+        from that embedding and refine on the graph (fast at 1M on 2 cores); ``umap``: umap-learn
+        (or cuML) on the graph, as before.
+        """
+        from engine.project import layout_from_embedding, project_2d
 
         cfg = self.config
         graph = self._graph()
+        use_embedding = cfg.map_method == "embedding" or (
+            cfg.map_method == "auto" and self.paths.cluster_embedding.exists() and cfg.map_backend != "cuml"
+        )
+        if use_embedding:
+            emb = np.load(self._require(self.paths.cluster_embedding, "cluster"))
+            if len(emb) != graph.n:
+                raise EngineError("cluster_embedding.npy does not match the graph: re-run `engine cluster`")
+            with self._stage("map"):
+                coords = layout_from_embedding(graph, emb, random_state=cfg.seed)
+                np.save(self.paths.coords, coords)
+            self.details_["map"] = "node embedding of the graph, started from the cluster embedding"
+            self.coords_ = coords
+            return coords
         with self._stage("map"):
+            self.details_["map"] = "UMAP of the graph"
             coords = project_2d(
                 graph,
                 n_neighbors=min(cfg.n_neighbors, graph.indices.shape[1]),
@@ -543,7 +608,7 @@ class Pipeline:
     def report(self):
         """labels.parquet, clusters.json, report.html, map.html and map.png."""
         from engine.project import write_map
-        from engine.report import build_report
+        from engine.report import build_layers_report, build_report
 
         cfg = self.config
         frame = self.frame
@@ -556,24 +621,42 @@ class Pipeline:
                 "saved clusters/map do not match the corpus size: re-run `engine graph`, `cluster` and `map`"
             )
         with self._stage("report"):
-            labels = pd.DataFrame(
-                {
-                    "id": frame["id"].to_numpy(),
-                    "text": frame["text"].to_numpy(),
-                    "cluster": clusters["labels"].astype(np.int64),
-                    "probability": clusters["probabilities"].astype(np.float32),
-                    "outlier_score": clusters["outlier_scores"].astype(np.float32),
-                    "x": coords[:, 0].astype(np.float32),
-                    "y": coords[:, 1].astype(np.float32),
-                }
-            )
+            columns = {
+                "id": frame["id"].to_numpy(),
+                "text": frame["text"].to_numpy(),
+                "cluster": clusters["labels"].astype(np.int64),
+                "probability": clusters["probabilities"].astype(np.float32),
+                "outlier_score": clusters["outlier_scores"].astype(np.float32),
+                "x": coords[:, 0].astype(np.float32),
+                "y": coords[:, 1].astype(np.float32),
+            }
+            layers = clusters.get("layers")
+            layer_columns: list[str] = []
+            if layers is not None:
+                for i, layer in enumerate(layers):
+                    layer_columns.append(f"layer_{i}")
+                    columns[f"layer_{i}"] = layer.astype(np.int64)
+            if cfg.assign_noise and "assigned" in clusters:
+                columns["assigned"] = clusters["assigned"].astype(bool)
+            labels = pd.DataFrame(columns)
             labels.to_parquet(self.paths.labels, index=False)
-            report = build_report(
-                labels,
-                n_keywords=cfg.n_keywords,
-                n_representatives=cfg.n_representatives,
-                vectors=self.vectors(),
-            )
+            if layers is not None:
+                report = build_layers_report(
+                    labels,
+                    layers,
+                    int(clusters["primary"]),
+                    strengths=clusters.get("layer_strengths"),
+                    n_keywords=cfg.n_keywords,
+                    n_representatives=cfg.n_representatives,
+                    vectors=self.vectors(),
+                )
+            else:
+                report = build_report(
+                    labels,
+                    n_keywords=cfg.n_keywords,
+                    n_representatives=cfg.n_representatives,
+                    vectors=self.vectors(),
+                )
             source = Path(self.config.corpus).name if self.config.corpus else self.paths.root.name
             title = f"Document map: {source}"
             write_map(  # first: report.html links to the map only when map.html exists
@@ -582,6 +665,7 @@ class Pipeline:
                 self.paths.map_png,
                 title=title,
                 keywords=report.keywords_by_cluster(),
+                layers=report.layers,
             )
             report.write(self.paths.root)
         self.labels_ = labels
@@ -617,6 +701,18 @@ class Pipeline:
         if summary.clusters == 0:
             summary.details["hint"] = zero_cluster_hint(
                 len(labels), int(labels["text"].nunique()), self.config.min_cluster_size
+            )
+        if "assigned" in labels.columns:
+            after = summary.noise
+            before = after + int(labels["assigned"].sum())
+            summary.details["noise"] = (
+                f"{before / max(len(labels), 1):.1%} before --assign-noise, {after / max(len(labels), 1):.1%} after"
+            )
+        layer_cols = [c for c in labels.columns if c.startswith("layer_")]
+        if layer_cols:
+            summary.details["layers"] = "; ".join(
+                f"{c}: {int(labels[c].max()) + 1} clusters, {float((labels[c] < 0).mean()):.1%} noise"
+                for c in layer_cols
             )
         stats = self.corpus_stats_
         if stats:

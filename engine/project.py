@@ -138,6 +138,51 @@ def fallback_layout(n: int, vectors: np.ndarray | None = None) -> np.ndarray:
     return np.stack([np.cos(angle), np.sin(angle)], axis=1).astype(np.float32)
 
 
+def layout_from_embedding(
+    graph: Any,
+    cluster_embedding: np.ndarray,
+    random_state: int | None = 42,
+    n_epochs: int = 200,
+    n_neighbors: int = 15,
+) -> np.ndarray:
+    """2-D layout that reuses the cluster stage: PCA of its node embedding, refined on the same fuzzy graph.
+
+    EVoC's node-embedding optimiser (UMAP's objective, numba) in 2 dimensions, started from the
+    2 leading principal axes of the cluster embedding, so the map shows the clusters the cluster
+    stage found and needs no spectral initialisation. With a seed it runs EVoC's reproducible
+    (still multi-threaded) update; ``random_state=None`` uses its faster lock-free update.
+    """
+    from evoc.node_embedding import node_embedding
+
+    from engine.cluster.embedding import fuzzy_graph
+
+    emb = np.asarray(cluster_embedding, dtype=np.float64)
+    n = emb.shape[0]
+    if n < MIN_UMAP_POINTS:
+        return fallback_layout(n, emb)
+    centred = emb - emb.mean(axis=0)
+    # 2 leading principal axes from the small (d x d) covariance: O(N d^2), fine at 1M x 4
+    _, vecs = np.linalg.eigh(centred.T @ centred)
+    init = centred @ vecs[:, ::-1][:, :2]
+    span = float(np.abs(init).max()) or 1.0
+    init = np.ascontiguousarray(init / span * 10.0, dtype=np.float32)
+    fuzzy = fuzzy_graph(graph, n_neighbors)
+    rng = np.random.RandomState(random_state) if random_state is not None else np.random.RandomState()
+    out = node_embedding(
+        fuzzy,
+        n_components=2,
+        n_epochs=n_epochs,
+        initial_embedding=init,
+        negative_sample_rate=1.0,
+        noise_level=0.5,
+        random_state=rng,
+        verbose=False,
+        reproducible_flag=random_state is not None,
+        initial_alpha=0.1,
+    )
+    return np.ascontiguousarray(np.nan_to_num(out, nan=0.0, posinf=0.0, neginf=0.0), dtype=np.float32)
+
+
 def project_2d(
     graph: Any,
     n_neighbors: int = 15,
@@ -310,6 +355,7 @@ def write_map(
     max_hover_chars: int = 300,
     max_points: int | None = 300_000,
     random_state: int = 0,
+    layers: Sequence[Mapping[str, Any]] | None = None,
 ) -> dict[str, str]:
     """Write the interactive HTML map and the static PNG of ``frame`` (text, cluster, x, y; id optional).
 
@@ -322,7 +368,11 @@ def write_map(
     """
     _check_frame(frame)
     out: dict[str, str] = {}
-    if html_path is not None:
+    if html_path is not None and layers:
+        out["html"] = _write_layered_html(
+            frame, html_path, title, layers, max_hover_chars, max_points, random_state
+        )
+    elif html_path is not None:
         out["html"] = _write_html(
             frame, html_path, title, keywords, max_legend, max_hover_chars, max_points, random_state
         )
@@ -439,6 +489,153 @@ def _write_html(
             }
         ]
     fig.update_layout(**layout)
+    path = os.fspath(html_path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.write_html(path, include_plotlyjs=True, full_html=True, config={"scrollZoom": True})
+    return path
+
+
+def _discrete_colorscale(colours: Sequence[str]) -> list[list[Any]]:
+    """A plotly colorscale with one flat band per colour; value v + 0.5 (cmin 0, cmax len) picks colour v."""
+    m = len(colours)
+    scale: list[list[Any]] = []
+    for i, c in enumerate(colours):
+        scale.append([i / m, c])
+        scale.append([(i + 1) / m, c])
+    return scale
+
+
+def _write_layered_html(
+    frame: pd.DataFrame,
+    html_path: str | os.PathLike,
+    title: str,
+    layers: Sequence[Mapping[str, Any]],
+    max_hover_chars: int,
+    max_points: int | None,
+    random_state: int,
+    max_names: int = 40,
+) -> str:
+    """One WebGL trace of every document; a drop-down switches layer (colours, hover, names at centres).
+
+    Hover text is stored once (the document); per layer only small arrays change (a colour code and
+    the cluster label), so the file grows little per layer. Cluster names (top keywords) are drawn at
+    the median position of each of the ``max_names`` largest clusters of the chosen layer.
+    """
+    import plotly.graph_objects as go
+
+    cols = [f"layer_{int(d['layer'])}" for d in layers]
+    missing = [c for c in cols if c not in frame.columns]
+    if missing:
+        raise EngineError(f"map frame: missing layer column(s) {', '.join(missing)}")
+    primary = next((i for i, d in enumerate(layers) if d.get("primary")), len(layers) - 1)
+    n_total = len(frame)
+    shown = frame
+    if max_points is not None and n_total > max_points:
+        shown = frame.sample(n=max_points, random_state=random_state).sort_index()
+    xs = shown["x"].to_numpy(dtype=np.float32)
+    ys = shown["y"].to_numpy(dtype=np.float32)
+    ids = shown["id"].tolist() if "id" in shown.columns else list(range(len(shown)))
+    hover = [
+        f"id {html.escape(str(i))}<br><br>{hover_text(t, max_hover_chars)}"
+        for i, t in zip(ids, shown["text"].tolist(), strict=True)
+    ]
+    palette = cluster_palette()
+    colours = [NOISE_COLOR] + palette
+    with_names = len(shown) * len(layers) <= 2_000_000
+    all_x = frame["x"].to_numpy(dtype=np.float32)
+    all_y = frame["y"].to_numpy(dtype=np.float32)
+
+    per_layer = []
+    for d, col in zip(layers, cols, strict=True):
+        names = {int(c["cluster"]): str(c.get("name") or "") for c in d["clusters"]}
+        lab = shown[col].to_numpy(dtype=np.int64)
+        code = np.where(lab >= 0, lab % len(palette) + 1, 0).astype(np.float32) + 0.5
+        if with_names:
+            label = [
+                f"cluster {c}: {html.escape(names.get(c, ''), quote=False)}" if c >= 0 else "noise"
+                for c in lab
+            ]
+        else:
+            label = [f"cluster {c}" if c >= 0 else "noise" for c in lab]
+        full = frame[col].to_numpy(dtype=np.int64)
+        annotations = []
+        for c in d["clusters"][:max_names]:
+            m = full == int(c["cluster"])
+            if not m.any():
+                continue
+            annotations.append(
+                {
+                    "x": float(np.median(all_x[m])),
+                    "y": float(np.median(all_y[m])),
+                    "text": html.escape(names.get(int(c["cluster"])) or str(c["cluster"]), quote=False),
+                    "showarrow": False,
+                    "font": {"size": 11 if int(c["size"]) >= n_total / 50 else 9, "color": "#111"},
+                    "bgcolor": "rgba(255,255,255,0.7)",
+                }
+            )
+        noise = int((full < 0).sum())
+        subtitle = (
+            f"layer {d['layer']}{' (primary)' if d.get('primary') else ''}: {int(d['n_clusters'])} clusters, "
+            f"noise {noise} of {n_total} documents"
+        )
+        if len(shown) < n_total:
+            subtitle += f" (showing a random {len(shown)})"
+        per_layer.append((code, label, annotations, subtitle))
+
+    code, label, annotations, subtitle = per_layer[primary]
+    trace = go.Scattergl(
+        x=xs,
+        y=ys,
+        mode="markers",
+        marker={
+            "color": code,
+            "colorscale": _discrete_colorscale(colours),
+            "cmin": 0,
+            "cmax": len(colours),
+            "size": 4,
+            "opacity": 0.75,
+            "showscale": False,
+        },
+        customdata=label,
+        hovertext=hover,
+        hovertemplate="<b>%{customdata}</b><br>%{hovertext}<extra></extra>",
+        showlegend=False,
+    )
+    head = html.escape(title, quote=False)
+    buttons = [
+        {
+            "label": f"layer {d['layer']}: {int(d['n_clusters'])} clusters{' *' if d.get('primary') else ''}",
+            "method": "update",
+            "args": [
+                {"marker.color": [c], "customdata": [lab_]},
+                {"annotations": ann, "title.text": f"{head}<br><sup>{sub}</sup>"},
+            ],
+        }
+        for d, (c, lab_, ann, sub) in zip(layers, per_layer, strict=True)
+    ]
+    fig = go.Figure(data=[trace])
+    fig.update_layout(
+        title={"text": f"{head}<br><sup>{subtitle}</sup>"},
+        template="plotly_white",
+        hovermode="closest",
+        xaxis={"showticklabels": False, "title": ""},
+        yaxis={"showticklabels": False, "title": ""},
+        height=800,
+        annotations=annotations,
+        updatemenus=[
+            {
+                "type": "dropdown",
+                "direction": "down",
+                "x": 1.0,
+                "y": 1.08,
+                "xanchor": "right",
+                "yanchor": "bottom",
+                "active": primary,
+                "buttons": buttons,
+                "showactive": True,
+            }
+        ],
+    )
     path = os.fspath(html_path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.write_html(path, include_plotlyjs=True, full_html=True, config={"scrollZoom": True})

@@ -123,6 +123,9 @@ class ClusterReport:
     n_documents: int
     noise_size: int
     noise_keywords: list[str] = field(default_factory=list)
+    # Topic tree (cluster space "embedding"): one JSON-ready dict per layer, finest first; see build_layers_report.
+    layers: list[dict[str, Any]] | None = None
+    primary_layer: int | None = None
 
     @property
     def n_clusters(self) -> int:
@@ -143,6 +146,7 @@ class ClusterReport:
             clusters.append(
                 {
                     "cluster": int(r.cluster),
+                    "name": cluster_name(r.keywords),
                     "size": int(r.size),
                     "share": float(r.share),
                     "mean_probability": float(r.mean_probability),
@@ -153,7 +157,7 @@ class ClusterReport:
                     ],
                 }
             )
-        return {
+        out = {
             "n_documents": int(self.n_documents),
             "n_clusters": int(self.n_clusters),
             "noise": {
@@ -163,6 +167,10 @@ class ClusterReport:
             },
             "clusters": clusters,
         }
+        if self.layers is not None:
+            out["primary_layer"] = self.primary_layer
+            out["layers"] = self.layers
+        return out
 
     def write(self, out_dir: str | os.PathLike, title: str = "Cluster report") -> dict[str, str]:
         """Write ``clusters.json`` and a self-contained ``report.html`` into out_dir; return their paths."""
@@ -176,6 +184,11 @@ class ClusterReport:
         with open(html_path, "w", encoding="utf-8") as fh:
             fh.write(render_html(self, title=title, map_href="map.html" if has_map else None))
         return {"json": json_path, "html": html_path}
+
+
+def cluster_name(keywords: Any, n: int = 3) -> str:
+    """A short cluster name: its top ``n`` keywords joined by ", " ("" when it has none)."""
+    return ", ".join(str(k) for k in list(keywords)[:n])
 
 
 def _py(value: Any) -> Any:
@@ -249,6 +262,67 @@ def build_report(
     )
 
 
+def build_layers_report(
+    frame: pd.DataFrame,
+    layers: np.ndarray,
+    primary: int,
+    strengths: np.ndarray | None = None,
+    n_keywords: int = 10,
+    n_representatives: int = 5,
+    vectors: np.ndarray | None = None,
+    max_features: int | None = 200_000,
+) -> ClusterReport:
+    """The primary layer's report plus every layer's clusters with parents, children, keywords and names.
+
+    ``layers`` (L, N): cluster ids per layer, finest first, 0 = largest. A cluster's parent is the
+    cluster of the next coarser layer that holds most of its members (-1: none). Keywords are
+    computed per layer with the same c-TF-IDF (:func:`build_report` on that layer's labels).
+    """
+    from engine.cluster.layers import parent_links
+
+    layers = np.asarray(layers)
+    if layers.ndim != 2 or layers.shape[1] != len(frame):
+        raise EngineError(f"layers: shape {layers.shape} does not match {len(frame)} documents")
+    if not 0 <= primary < layers.shape[0]:
+        raise EngineError(f"primary layer {primary} out of range 0..{layers.shape[0] - 1}")
+    reports = []
+    for i in range(layers.shape[0]):
+        sub = frame.copy(deep=False)
+        sub["cluster"] = layers[i].astype(np.int64)
+        if strengths is not None and i != primary:
+            sub["probability"] = np.asarray(strengths[i], dtype=np.float32)
+        reports.append(
+            build_report(sub, n_keywords, n_representatives, vectors=vectors, max_features=max_features)
+        )
+    parents = [parent_links(layers[i], layers[i + 1]) for i in range(layers.shape[0] - 1)]
+    parents.append(np.full(int(layers[-1].max()) + 1, -1, dtype=np.int64))
+    layer_dicts: list[dict[str, Any]] = []
+    for i, rep in enumerate(reports):
+        d = rep.to_dict()
+        children: dict[int, list[int]] = {}
+        if i > 0:
+            for child, parent in enumerate(parents[i - 1].tolist()):
+                if parent >= 0:
+                    children.setdefault(parent, []).append(child)
+        for c in d["clusters"]:
+            cid = c["cluster"]
+            c["parent"] = int(parents[i][cid]) if cid < len(parents[i]) else -1
+            c["children"] = children.get(cid, [])
+        layer_dicts.append(
+            {
+                "layer": i,
+                "primary": i == primary,
+                "n_clusters": d["n_clusters"],
+                "noise": d["noise"],
+                "clusters": d["clusters"],
+            }
+        )
+    main = reports[primary]
+    main.layers = layer_dicts
+    main.primary_layer = int(primary)
+    return main
+
+
 # --------------------------------------------------------------------------------------------------
 # HTML
 # --------------------------------------------------------------------------------------------------
@@ -259,6 +333,8 @@ table{border-collapse:collapse;width:100%} th,td{border-bottom:1px solid #ddd;pa
 th{background:#f4f4f4;position:sticky;top:0} td.num{text-align:right;white-space:nowrap}
 .kw span{display:inline-block;background:#eef3fb;border-radius:3px;padding:0 .3rem;margin:0 .2rem .2rem 0;font-size:.9em}
 ol{margin:0;padding-left:1.2rem} li{margin-bottom:.3rem;font-size:.92em} .p{color:#888;font-size:.85em}
+.tree details{margin:.25rem 0 .25rem 1.2rem} .tree summary{cursor:pointer} .tree .n{color:#555;font-size:.9em}
+.tree .name{font-weight:600} .tree .docs{margin:.2rem 0 .4rem 1.4rem;color:#444;font-size:.88em}
 """
 
 
@@ -292,6 +368,9 @@ def render_html(report: ClusterReport, title: str = "Cluster report", map_href: 
     if map_href:
         parts.append(f' &middot; <a href="{_esc(map_href)}">open the map</a>')
     parts.append("</div>")
+    if report.layers:
+        parts.append(render_tree_html(report.layers))
+        parts.append(f"<h2>Primary layer {report.primary_layer}: clusters</h2>")
     if report.noise_keywords:
         kws = "".join(f"<span>{_esc(k)}</span>" for k in report.noise_keywords)
         parts.append(f'<p class="kw">Noise keywords: {kws}</p>')
@@ -313,4 +392,56 @@ def render_html(report: ClusterReport, title: str = "Cluster report", map_href: 
     if report.n_clusters == 0:
         parts.append('<tr><td colspan="6"><em>No clusters found: every document is noise.</em></td></tr>')
     parts.append("</tbody></table></body></html>")
+    return "\n".join(parts)
+
+
+def render_tree_html(layers: list[dict[str, Any]], max_docs: int = 3) -> str:
+    """The topic tree: coarsest layer's topics, each opening onto its finer topics, down to the finest.
+
+    Every node shows name, size, share and keywords; leaves also show a few representative titles.
+    Finer clusters with no coarser parent (their documents are noise there) are listed at the top level.
+    """
+    if not layers:
+        return ""
+    top = len(layers) - 1
+
+    def node(layer: int, cluster: dict[str, Any]) -> str:
+        kws = "".join(f"<span>{_esc(k)}</span>" for k in cluster["keywords"][:8])
+        primary = " &#9733;" if layers[layer].get("primary") else ""
+        head = (
+            f'<summary><span class="name">{_esc(cluster["name"] or "cluster " + str(cluster["cluster"]))}</span> '
+            f'<span class="n">(layer {layer}{primary}, cluster {cluster["cluster"]}, {cluster["size"]} docs, '
+            f'{cluster["share"]:.1%})</span> <span class="kw">{kws}</span></summary>'
+        )
+        inner = []
+        if layer > 0:
+            finer = {c["cluster"]: c for c in layers[layer - 1]["clusters"]}
+            for child in cluster["children"]:
+                if child in finer:
+                    inner.append(node(layer - 1, finer[child]))
+        if not inner:
+            docs = "".join(
+                f"<li>{_esc(_short(d['text'].split(chr(10))[0], 160))}</li>"
+                for d in cluster["representatives"][:max_docs]
+            )
+            inner.append(f'<ol class="docs">{docs}</ol>')
+        return f"<details>{head}{''.join(inner)}</details>"
+
+    parts = [
+        '<div class="tree"><h2>Topic tree</h2>',
+        f'<p class="summary">{len(layers)} layers, finest to coarsest: '
+        + ", ".join(
+            f"layer {d['layer']}{' (primary &#9733;)' if d.get('primary') else ''}: {d['n_clusters']} clusters, "
+            f"{d['noise']['share']:.0%} noise"
+            for d in layers
+        )
+        + ". Open a topic to see the finer topics inside it.</p>",
+    ]
+    for cluster in layers[top]["clusters"]:
+        parts.append(node(top, cluster))
+    for layer in range(top - 1, -1, -1):
+        orphans = [c for c in layers[layer]["clusters"] if c["parent"] < 0]
+        for cluster in orphans:
+            parts.append(node(layer, cluster))
+    parts.append("</div>")
     return "\n".join(parts)

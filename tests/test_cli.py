@@ -113,6 +113,22 @@ def test_end_to_end_on_tutorial_headlines(news_run):
 
     clusters = json.loads((out / "clusters.json").read_text())
     assert isinstance(clusters, dict)
+    # default cluster space: layers on a node embedding, one column per layer, a tree in clusters.json
+    layer_cols = [c for c in labels.columns if c.startswith("layer_")]
+    assert len(layer_cols) >= 2 and len(clusters["layers"]) == len(layer_cols)
+    primary = clusters["primary_layer"]
+    assert (labels["cluster"] == labels[f"layer_{primary}"]).all()
+    assert "assigned" not in labels.columns
+    for i, layer in enumerate(clusters["layers"]):
+        sizes = [c["size"] for c in layer["clusters"]]
+        assert sizes == sorted(sizes, reverse=True) and [c["cluster"] for c in layer["clusters"]] == list(
+            range(len(sizes))
+        )
+        for c in layer["clusters"]:
+            assert c["name"] and c["keywords"] and c["representatives"]
+            if i < len(layer_cols) - 1 and c["parent"] >= 0:
+                assert c["cluster"] in clusters["layers"][i + 1]["clusters"][c["parent"]]["children"]
+    assert "Topic tree" in (out / "report.html").read_text()
     summary = json.loads((out / "summary.json").read_text())
     assert summary["documents"] == 870 and summary["clusters"] == n_clusters
     assert "== engine summary ==" in proc.stdout and "map.html" in proc.stdout
@@ -120,6 +136,7 @@ def test_end_to_end_on_tutorial_headlines(news_run):
     assert 'href="map.html"' in (out / "report.html").read_text()  # the first report links to the map
     html = (out / "map.html").read_text()
     assert "<script>alert" not in html
+    assert f"layer {primary}: " in html  # the layer switch
     assert (out / "map.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
@@ -145,3 +162,25 @@ def test_stage_rerun_on_saved_outputs(news_run):
 def test_readme_names_the_installed_download_command():
     readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
     assert "hf download BAAI/bge-m3" in readme and "huggingface-cli" not in readme
+
+
+def test_assign_noise_and_graph_space_reruns(news_run, tmp_path):
+    out, proc = news_run
+    assert proc.returncode == 0
+    run = tmp_path / "copy"
+    import shutil
+
+    shutil.copytree(out, run, ignore=shutil.ignore_patterns("milvus.db", "milvus_server"))
+    before = pd.read_parquet(run / "labels.parquet")
+    assert engine("cluster", "--out", str(run), "--assign-noise", "--quiet").returncode == 0
+    rep = engine("report", "--out", str(run))
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    after = pd.read_parquet(run / "labels.parquet")
+    assert after["assigned"].dtype == bool
+    assert (after["cluster"] >= 0).all() and (after["assigned"] == (before["cluster"] < 0)).all()
+    assert "before --assign-noise" in rep.stdout
+    # the raw-graph HDBSCAN* stays available: one layer, no layer columns
+    assert engine("cluster", "--out", str(run), "--cluster-space", "graph", "--quiet").returncode == 0
+    assert engine("report", "--out", str(run), "--quiet").returncode == 0
+    graph_labels = pd.read_parquet(run / "labels.parquet")
+    assert not [c for c in graph_labels.columns if c.startswith("layer_")]

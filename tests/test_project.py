@@ -221,3 +221,31 @@ def test_layout_features_is_a_small_projection():
         f, v @ (np.random.default_rng(0).normal(size=(200, 16)).astype(np.float32) / 4.0), atol=1e-4
     )
     assert layout_features(v[:, :8]).shape == (50, 8)  # small dims pass through
+
+
+def test_write_map_layer_switch_and_names(tmp_path):
+    frame = _map_frame(4, per=6, noise=4)
+    frame["layer_0"] = frame["cluster"]
+    frame["layer_1"] = np.where(frame["cluster"] >= 0, frame["cluster"] // 2, -1)
+    layers = [
+        {
+            "layer": 0,
+            "primary": False,
+            "n_clusters": 4,
+            "clusters": [{"cluster": c, "size": 6, "name": f"fine{c}, word"} for c in range(4)],
+        },
+        {
+            "layer": 1,
+            "primary": True,
+            "n_clusters": 2,
+            "clusters": [{"cluster": c, "size": 12, "name": f"coarse{c} <i>"} for c in range(2)],
+        },
+    ]
+    write_map(frame, tmp_path / "m.html", None, title="T", layers=layers)
+    page = (tmp_path / "m.html").read_text(encoding="utf-8")
+    assert "layer 0: 4 clusters" in page and "layer 1: 2 clusters *" in page  # the switch
+    assert "coarse0 &lt;i&gt;" in page and "fine3, word" in page  # names at centres, escaped
+    assert "<script>alert" not in page and "&lt;script&gt;alert" in page
+    assert page.count("doc 5 about topic 0") == 1  # hover text stored once, not per layer
+    with pytest.raises(EngineError, match="layer_2"):
+        write_map(frame, tmp_path / "x.html", None, layers=layers + [{"layer": 2, "clusters": []}])

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from engine.errors import EngineError
-from engine.report import build_report, class_tfidf
+from engine.report import build_layers_report, build_report, class_tfidf
 
 SPORTS = [
     "The football team won the championship match after a late goal",
@@ -134,6 +134,7 @@ def test_write_json_and_escaped_html(tmp_path):
     assert data["clusters"][0]["representatives"][0]["text"]  # raw text kept in JSON
     assert set(data["clusters"][0]) == {
         "cluster",
+        "name",
         "size",
         "share",
         "mean_probability",
@@ -151,3 +152,25 @@ def test_clusters_sorted_by_size_and_validation():
         build_report(make_frame(texts, [0] * 10).drop(columns=["outlier_score"]))
     with pytest.raises(EngineError, match="vectors"):
         build_report(make_frame(texts, [0] * 10), vectors=np.zeros((3, 4)))
+
+
+def test_layers_report_tree_json_and_html(tmp_path):
+    texts = SPORTS + FINANCE + ["Weather: sunny with light wind", "A new recipe for apple pie"]
+    fine = np.array([0, 0, 0, 2, 2, 2, 1, 1, 1, 3, 3, -1, -1, -1])
+    coarse = np.array([0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, -1, -1])
+    frame = make_frame(texts, coarse)
+    rep = build_layers_report(frame, np.stack([fine, coarse]), primary=1, n_keywords=5)
+    data = rep.to_dict()
+    assert data["primary_layer"] == 1 and len(data["layers"]) == 2
+    low, top = data["layers"]
+    assert low["primary"] is False and top["primary"] is True
+    assert [c["parent"] for c in low["clusters"]] == [0, 1, 0, 1]
+    assert sorted(top["clusters"][0]["children"]) == [0, 2]
+    for layer in data["layers"]:
+        for c in layer["clusters"]:
+            assert c["name"] == ", ".join(c["keywords"][:3]) and c["size"] > 0
+    assert {"match", "team", "football", "league"} & set(top["clusters"][0]["name"].split(", "))
+    paths = rep.write(tmp_path)
+    page = open(paths["html"], encoding="utf-8").read()
+    assert "Topic tree" in page and page.count("<details>") == 6  # 2 coarse + 4 fine topics
+    assert json.load(open(paths["json"], encoding="utf-8"))["layers"][0]["clusters"][0]["parent"] == 0

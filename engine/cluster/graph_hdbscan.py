@@ -41,6 +41,12 @@ class ClusterResult:
     seconds: float
     timings: dict[str, float] = field(default_factory=dict)
     n_components: int | None = None
+    # cluster space "embedding" only: layers (engine.cluster.layers.ClusterLayers), the node
+    # embedding, which documents --assign-noise labelled, and the noise share before that.
+    layers: Any = None
+    embedding: np.ndarray | None = None
+    assigned: np.ndarray | None = None
+    noise_before: float | None = None
 
     @property
     def noise_fraction(self) -> float:
