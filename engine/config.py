@@ -155,10 +155,10 @@ class EngineConfig:
             )
         if self.n_clusters is not None and self.n_clusters < 1:
             raise EngineError(f"--n-clusters must be >= 1, got {self.n_clusters}")
-        if self.seed is not None and (
-            isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0
-        ):
-            raise EngineError(f"--seed must be an integer >= 0 or 'none', got {self.seed!r}")
+        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
+            raise EngineError(
+                f"--seed must be an integer or 'none', got {self.seed!r}"
+            )  # range: _validate_limits
         if not 0 < self.target_recall <= 1:
             raise EngineError(f"--target-recall must be within (0, 1], got {self.target_recall}")
         if self.recall_sample < 0:
