@@ -478,6 +478,7 @@ class Pipeline:
 
     def report(self):
         """labels.parquet, clusters.json, report.html, map.html and map.png."""
+        from engine.corpus import with_source_columns
         from engine.project import write_map
         from engine.report import build_report
 
@@ -503,7 +504,8 @@ class Pipeline:
                     "y": coords[:, 1].astype(np.float32),
                 }
             )
-            labels.to_parquet(self.paths.labels, index=False)
+            output = with_source_columns(labels, frame, self.corpus_stats_)
+            output.to_parquet(self.paths.labels, index=False)
             report = build_report(
                 labels,
                 n_keywords=cfg.n_keywords,
@@ -520,7 +522,7 @@ class Pipeline:
                 title=title,
                 keywords=report.keywords_by_cluster(),
             )
-        self.labels_ = labels
+        self.labels_ = output
         self.report_ = report
         return report
 
