@@ -331,6 +331,7 @@ class Pipeline:
                 max_length=cfg.max_length,
                 batch_size=cfg.batch_size,
             )
+            self._warn_language(encoder.name)
             if meta and not cfg.restart and meta.get("model") != encoder.name:
                 raise EngineError(
                     f"{self.paths.embeddings} holds vectors of model {meta.get('model')!r}, not {encoder.name!r}: "
@@ -350,6 +351,17 @@ class Pipeline:
         self.ingest_ = result
         self.details_["model"] = f"{encoder.name} ({encoder.dim}-d, {encoder.device})"
         return result
+
+    def _warn_language(self, model_name: str) -> str | None:
+        """Warn (log, summary, report) when an English-only model meets a mostly non-Latin corpus."""
+        from engine.language import model_language_warning
+
+        warning = model_language_warning(model_name, self.frame["text"].tolist())
+        if warning:
+            if "warning" not in self.details_:
+                log.warning("warning: %s", warning)
+            self.details_["warning"] = warning
+        return warning
 
     def build_graph(self):
         """The k-nearest-neighbour graph (CSR, true Euclidean distances) from Milvus or exact search."""
@@ -512,6 +524,8 @@ class Pipeline:
                 n_representatives=cfg.n_representatives,
                 vectors=self.vectors(),
             )
+            warning = self._warn_language(self._embeddings_meta().get("model") or cfg.model)
+            report.warnings = [warning] if warning else []
             report.write(self.paths.root)
             source = Path(self.config.corpus).name if self.config.corpus else self.paths.root.name
             title = f"Document map: {source}"

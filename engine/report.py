@@ -1,12 +1,6 @@
 """Report stage: per-cluster size, c-TF-IDF keywords and representative documents.
 
-Keywords follow BERTopic's class-based TF-IDF: the documents of each class (every cluster, and the
-noise as one more class, as BERTopic does with topic -1) are concatenated, counted with
-scikit-learn's ``CountVectorizer``, and scored
-
-    c-TF-IDF(t, c) = tf(t, c) / sum_t' tf(t', c)  *  log(1 + A / f_t)
-
-with f_t the frequency of term t over all classes and A the average number of words per class.
+Keywords: BERTopic's class-based TF-IDF over clean, language-aware tokens (engine.keywords).
 
 Representative documents: within a cluster, highest HDBSCAN membership probability first; ties
 (HDBSCAN gives probability 1.0 to the whole core of a cluster) are broken by cosine similarity to
@@ -25,50 +19,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from engine.errors import EngineError
+from engine.keywords import class_tfidf, top_terms
+
+__all__ = ["ClusterReport", "build_report", "class_tfidf", "render_html", "representatives", "top_terms"]
 
 REQUIRED_COLUMNS = ("id", "text", "cluster", "probability", "outlier_score")
-
-
-# --------------------------------------------------------------------------------------------------
-# c-TF-IDF
-# --------------------------------------------------------------------------------------------------
-def class_tfidf(
-    class_docs: list[str], max_features: int | None = 200_000
-) -> tuple[sp.csr_matrix, np.ndarray]:
-    """BERTopic's c-TF-IDF of one concatenated document per class -> (scores (C, V) csr, vocabulary).
-
-    Returns an empty (C, 0) matrix when no term survives (all stop words, empty texts).
-    ``max_features`` keeps the vocabulary bounded on huge corpora (the most frequent terms).
-    """
-    from sklearn.feature_extraction.text import CountVectorizer
-    from sklearn.preprocessing import normalize
-
-    vectorizer = CountVectorizer(stop_words="english", min_df=1, max_features=max_features)
-    try:
-        counts = vectorizer.fit_transform(class_docs)
-    except ValueError:  # "empty vocabulary; perhaps the documents only contain stop words"
-        return sp.csr_matrix((len(class_docs), 0), dtype=np.float64), np.array([], dtype=object)
-    counts = counts.astype(np.float64)
-    f_t = np.asarray(counts.sum(axis=0)).ravel()
-    avg_words = float(np.asarray(counts.sum(axis=1)).mean())
-    idf = np.log(1.0 + avg_words / np.maximum(f_t, 1.0))
-    tf = normalize(counts, axis=1, norm="l1", copy=True)
-    scores = sp.csr_matrix(tf @ sp.diags(idf))
-    return scores, vectorizer.get_feature_names_out()
-
-
-def top_terms(scores: sp.csr_matrix, vocab: np.ndarray, row: int, n: int) -> list[str]:
-    """The n highest-scoring terms of one class (only terms that occur in it)."""
-    if scores.shape[1] == 0 or n <= 0:
-        return []
-    r = scores.getrow(row)
-    if r.nnz == 0:
-        return []
-    order = np.lexsort((r.indices, -r.data))[:n]  # score desc, then alphabetical index for ties
-    return [str(vocab[r.indices[i]]) for i in order]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -123,6 +80,7 @@ class ClusterReport:
     n_documents: int
     noise_size: int
     noise_keywords: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def n_clusters(self) -> int:
@@ -162,6 +120,7 @@ class ClusterReport:
                 "keywords": list(self.noise_keywords),
             },
             "clusters": clusters,
+            "warnings": list(self.warnings),
         }
 
     def write(self, out_dir: str | os.PathLike, title: str = "Cluster report") -> dict[str, str]:
@@ -258,6 +217,7 @@ h1{margin-bottom:.2rem} .summary{color:#555;margin-bottom:1.5rem}
 table{border-collapse:collapse;width:100%} th,td{border-bottom:1px solid #ddd;padding:.5rem;vertical-align:top;text-align:left}
 th{background:#f4f4f4;position:sticky;top:0} td.num{text-align:right;white-space:nowrap}
 .kw span{display:inline-block;background:#eef3fb;border-radius:3px;padding:0 .3rem;margin:0 .2rem .2rem 0;font-size:.9em}
+.warn{background:#fff4e5;border-left:4px solid #e69500;padding:.5rem .8rem}
 ol{margin:0;padding-left:1.2rem} li{margin-bottom:.3rem;font-size:.92em} .p{color:#888;font-size:.85em}
 """
 
@@ -292,6 +252,8 @@ def render_html(report: ClusterReport, title: str = "Cluster report", map_href: 
     if map_href:
         parts.append(f' &middot; <a href="{_esc(map_href)}">open the map</a>')
     parts.append("</div>")
+    for warning in report.warnings:
+        parts.append(f'<p class="warn"><b>Warning:</b> {_esc(warning)}</p>')
     if report.noise_keywords:
         kws = "".join(f"<span>{_esc(k)}</span>" for k in report.noise_keywords)
         parts.append(f'<p class="kw">Noise keywords: {kws}</p>')
