@@ -133,6 +133,12 @@ MAP_OPTIONS: list[tuple[str, dict[str, Any]]] = [
 REPORT_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--n-keywords", {"type": int, "help": "keywords per cluster (default 10)"}),
     ("--n-representatives", {"type": int, "help": "representative documents per cluster (default 5)"}),
+    (
+        "--time-column",
+        {
+            "help": "column of dates: per-cluster counts per day/week/month (by span) and a topics-over-time chart"
+        },
+    ),
 ]
 
 STAGE_GROUPS = {

@@ -527,6 +527,7 @@ class Pipeline:
                 n_representatives=cfg.n_representatives,
                 vectors=self.vectors(),
             )
+            report.over_time = self._over_time(frame, labels["cluster"].to_numpy())
             warning = self._warn_language(self._embeddings_meta().get("model") or cfg.model)
             report.warnings = [warning] if warning else []
             report.write(self.paths.root)
@@ -542,6 +543,28 @@ class Pipeline:
         self.labels_ = output
         self.report_ = report
         return report
+
+    def _over_time(self, frame: pd.DataFrame, labels: np.ndarray) -> dict | None:
+        """--time-column: per-cluster counts per period (engine.timeline), or None."""
+        from engine.corpus import source_columns
+        from engine.timeline import parse_times, topics_over_time
+
+        column = self.config.time_column
+        if not column:
+            return None
+        stored = {v: k for k, v in source_columns(frame, self.corpus_stats_).items()}
+        if column not in stored:
+            raise EngineError(
+                f"--time-column {column!r} is not a column of the corpus (columns: {', '.join(stored)})"
+            )
+        result = topics_over_time(labels, parse_times(frame[stored[column]], column), column)
+        log.info(
+            "report: topics over time by %s, %d periods of a %s",
+            column,
+            len(result["periods"]),
+            result["period"],
+        )
+        return result
 
     # ---- using the clusters ----------------------------------------------------------------
     def _run_labels(self) -> pd.DataFrame:

@@ -81,6 +81,7 @@ class ClusterReport:
     noise_size: int
     noise_keywords: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    over_time: dict | None = None  # engine.timeline.topics_over_time (--time-column)
 
     @property
     def n_clusters(self) -> int:
@@ -105,6 +106,11 @@ class ClusterReport:
                     "share": float(r.share),
                     "mean_probability": float(r.mean_probability),
                     "keywords": [str(k) for k in r.keywords],
+                    **(
+                        {"over_time": self.over_time["clusters"].get(str(int(r.cluster)), [])}
+                        if self.over_time
+                        else {}
+                    ),
                     "representatives": [
                         {"id": _py(d["id"]), "text": str(d["text"]), "probability": float(d["probability"])}
                         for d in r.representatives
@@ -121,6 +127,7 @@ class ClusterReport:
             },
             "clusters": clusters,
             "warnings": list(self.warnings),
+            **({"over_time": self.over_time} if self.over_time else {}),
         }
 
     def write(self, out_dir: str | os.PathLike, title: str = "Cluster report") -> dict[str, str]:
@@ -257,6 +264,17 @@ def render_html(report: ClusterReport, title: str = "Cluster report", map_href: 
     if report.noise_keywords:
         kws = "".join(f"<span>{_esc(k)}</span>" for k in report.noise_keywords)
         parts.append(f'<p class="kw">Noise keywords: {kws}</p>')
+    over_time = report.over_time
+    if over_time:
+        from engine.timeline import chart_svg
+
+        names = {int(r.cluster): ", ".join(list(r.keywords)[:3]) for r in report.clusters.itertuples()}
+        extra = ", ".join(f"{over_time[k]} {k}" for k in ("before", "after", "missing") if over_time[k])
+        parts.append(
+            f'<h2>Topics over time</h2><p class="p">documents per {over_time["period"]} by '
+            f"{_esc(over_time['column'])}, the 10 largest clusters{f' ({extra} outside the range)' if extra else ''}</p>"
+        )
+        parts.append(chart_svg(over_time, names))
     parts.append(
         "<table><thead><tr><th>Cluster</th><th>Size</th><th>Share</th><th>Mean prob.</th>"
         "<th>Keywords</th><th>Representative documents</th></tr></thead><tbody>"
@@ -267,6 +285,10 @@ def render_html(report: ClusterReport, title: str = "Cluster report", map_href: 
             f'<li>{_doc_html(d["text"])} <span class="p">(id {_esc(d["id"])}, p={d["probability"]:.2f})</span></li>'
             for d in r.representatives
         )
+        if over_time:
+            from engine.timeline import sparkline_svg
+
+            kws += "<br>" + sparkline_svg(over_time["clusters"].get(str(int(r.cluster)), []))
         parts.append(
             f'<tr id="c{int(r.cluster)}"><td class="num">{int(r.cluster)}</td><td class="num">{int(r.size)}</td>'
             f'<td class="num">{r.share:.1%}</td><td class="num">{r.mean_probability:.2f}</td>'

@@ -195,3 +195,31 @@ def test_milvus_filter_on_cluster_on_the_server(tmp_path, shared_data_dir, milvu
         finally:
             client.drop_collection(config.collection)
             client.close()
+
+
+@pytest.mark.slow
+def test_time_column_gives_counts_per_period_and_the_chart(tmp_path, shared_data_dir):
+    corpus = os.path.join(shared_data_dir, "news_headlines_2024", "news_data_dedup.csv")
+    out = tmp_path / "run"
+    proc = engine(
+        "run", corpus, "--out", str(out), "--model", "all-MiniLM-L6-v2", "--limit", "300", "--k", "10",
+        "--max-length", "64", "--time-column", "published_at", "--quiet",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    data = json.loads((out / "clusters.json").read_text())
+    over = data["over_time"]
+    assert over["column"] == "published_at" and over["period"] == "day"
+    n_periods = len(over["periods"])
+    assert n_periods >= 3 and over["periods"] == sorted(over["periods"])
+    labels = pd.read_parquet(out / "labels.parquet")
+    assert labels["published_at"].tolist() == pd.read_csv(corpus, nrows=300)["published_at"].tolist()
+    for cluster in data["clusters"]:
+        assert len(cluster["over_time"]) == n_periods
+        assert sum(cluster["over_time"]) <= cluster["size"]
+    counted = sum(sum(c["over_time"]) for c in data["clusters"]) + sum(over["noise"])
+    assert counted + over["before"] + over["after"] + over["missing"] == 300
+    page = (out / "report.html").read_text()
+    assert "Topics over time" in page and page.count('class="spark"') == len(data["clusters"])
+    assert '<svg class="chart"' in page
+    bad = engine("report", "--out", str(out), "--time-column", "venue")
+    assert bad.returncode == 2 and "--time-column 'venue'" in bad.stderr and "not dates" in bad.stderr
