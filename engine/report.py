@@ -269,10 +269,11 @@ def render_html(report: ClusterReport, title: str = "Cluster report", map_href: 
         from engine.timeline import chart_svg
 
         names = {int(r.cluster): ", ".join(list(r.keywords)[:3]) for r in report.clusters.itertuples()}
-        extra = ", ".join(f"{over_time[k]} {k}" for k in ("before", "after", "missing") if over_time[k])
+        outside = {"before": "dated before the range", "after": "dated after it", "missing": "without a date"}
+        extra = ", ".join(f"{over_time[k]} {v}" for k, v in outside.items() if over_time[k])
         parts.append(
             f'<h2>Topics over time</h2><p class="p">documents per {over_time["period"]} by '
-            f"{_esc(over_time['column'])}, the 10 largest clusters{f' ({extra} outside the range)' if extra else ''}</p>"
+            f"{_esc(over_time['column'])}, the 10 largest clusters{f' (not shown: {extra})' if extra else ''}</p>"
         )
         parts.append(chart_svg(over_time, names))
     parts.append(

@@ -134,7 +134,7 @@ def chart_svg(
         parts.append(
             f'<polyline fill="none" stroke="{color}" stroke-width="2" points="{_points(values, plot_w, plot_h, top)}"/>'
         )
-        label = html.escape(f"{c}: {names.get(int(c), '')}"[:38])
+        label = html.escape(f"{c}: {names.get(int(c), '')}"[:30])
         y = 12 + 18 * i
         parts.append(f'<rect x="{plot_w + 20}" y="{y - 9}" width="12" height="4" fill="{color}"/>')
         parts.append(f'<text x="{plot_w + 38}" y="{y - 3}" font-size="12">{label}</text>')

@@ -223,3 +223,30 @@ def test_time_column_gives_counts_per_period_and_the_chart(tmp_path, shared_data
     assert '<svg class="chart"' in page
     bad = engine("report", "--out", str(out), "--time-column", "venue")
     assert bad.returncode == 2 and "--time-column 'venue'" in bad.stderr and "not dates" in bad.stderr
+
+
+@pytest.mark.slow
+def test_chinese_titles_keywords_are_words_and_the_model_warning_appears(tmp_path, shared_data_dir):
+    source = os.path.join(shared_data_dir, "thucnews_titles_zh", "test.txt")
+    titles = pd.read_csv(source, sep="\t", header=None, names=["title", "label"], quoting=3)
+    sample = titles.sample(240, random_state=0)
+    corpus = tmp_path / "zh.csv"
+    sample.to_csv(corpus, index=False)
+    out = tmp_path / "run"
+    proc = engine(
+        "run", str(corpus), "--text-column", "title", "--out", str(out), "--model", "all-MiniLM-L6-v2",
+        "--k", "10", "--max-length", "48",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: model sentence-transformers/all-MiniLM-L6-v2 is English-only" in proc.stderr
+    assert "English-only" in proc.stdout  # in the summary too
+    data = json.loads((out / "clusters.json").read_text())
+    assert data["warnings"] and "han" in data["warnings"][0]
+    assert "Warning:" in (out / "report.html").read_text()
+    keywords = [k for c in data["clusters"] for k in c["keywords"]] + data["noise"]["keywords"]
+    assert len(keywords) >= 10
+    whole = set(sample["title"])
+    assert not set(keywords) & whole
+    assert max(len(k) for k in keywords) <= 6 and min(len(k) for k in keywords) >= 2, keywords
+    labels = pd.read_parquet(out / "labels.parquet")
+    assert labels["label"].astype(int).tolist() == sample["label"].tolist()  # the source's class column kept
