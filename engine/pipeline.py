@@ -595,6 +595,13 @@ class Pipeline:
         vectors = self.vectors()
         with self._stage("labels"):
             with self.open_store(dim=vectors.shape[1]) as store:
+                if not store.has_dynamic_field():
+                    log.warning(
+                        "labels: collection %s was created by an older engine without dynamic fields; cluster "
+                        "labels are not stored in Milvus (re-run with --restart to enable `engine search --cluster`)",
+                        store.collection,
+                    )
+                    return 0
                 n = store.upsert_labels(
                     ids,
                     vectors,
