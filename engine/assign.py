@@ -15,8 +15,8 @@ The rule, per label column (``cluster`` and every layer column ``cluster_*``):
    dense core.
 3. **vote**: otherwise each of the k neighbours votes for its label with weight
    ``cosine similarity`` (noise neighbours vote for noise). The label with most weight wins;
-   confidence = its share of the weight. A winning share under ``MIN_AGREEMENT`` (the neighbours
-   disagree) or a win by noise gives noise (reason **disagree** / **noise**).
+   confidence = its share of the weight. A winning share under ``MIN_AGREEMENT`` gives noise
+   (reason **disagree**); so does a clear win by noise neighbours (reason **noise**).
 """
 
 from __future__ import annotations
@@ -108,10 +108,10 @@ def vote(neighbour_labels: np.ndarray, distances: np.ndarray, radius: float, m: 
         best = int(np.argmax(totals))
         share = float(totals[best] / totals.sum())
         out_conf[i] = share
-        if uniq[best] < 0:
-            reason[i] = "noise"
-        elif share < MIN_AGREEMENT:
+        if share < MIN_AGREEMENT:
             reason[i] = "disagree"
+        elif uniq[best] < 0:
+            reason[i] = "noise"
         else:
             out_label[i], reason[i] = uniq[best], "vote"
     return Assignment(out_label, out_conf, reason)

@@ -35,7 +35,7 @@ def parse_times(values: pd.Series, column: str) -> pd.Series:
 def choose_period(times: pd.Series) -> str:
     """day / week / month from the 1st-99th percentile span of the dates."""
     valid = times.dropna()
-    lo, hi = valid.quantile(0.01), valid.quantile(0.99)
+    lo, hi = valid.quantile(0.01, interpolation="lower"), valid.quantile(0.99, interpolation="higher")
     days = (hi - lo).total_seconds() / 86400
     return "day" if days <= 62 else "week" if days <= 730 else "month"
 
@@ -47,7 +47,9 @@ def topics_over_time(labels: np.ndarray, times: pd.Series, column: str, period: 
     if period not in PERIODS:
         raise EngineError(f"time period must be auto, {', '.join(PERIODS)}; got {period!r}")
     valid = times.notna().to_numpy()
-    lo, hi = times.dropna().quantile(0.01), times.dropna().quantile(0.99)
+    valid_times = times.dropna()
+    lo = valid_times.quantile(0.01, interpolation="lower")
+    hi = valid_times.quantile(0.99, interpolation="higher")
     naive = times.dt.tz_convert("UTC").dt.tz_localize(None)
     lo_p, hi_p = (pd.Timestamp(t).tz_convert("UTC").tz_localize(None) for t in (lo, hi))
     start = lo_p.to_period(PERIODS[period]).start_time
