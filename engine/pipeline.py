@@ -602,15 +602,16 @@ class Pipeline:
                         store.collection,
                     )
                     return 0
-                n = store.upsert_labels(
-                    ids,
-                    vectors,
-                    frame["text"].tolist(),
-                    {
-                        **{c: labels[c].to_numpy() for c in columns},
-                        ASSIGNED_FIELD: np.zeros(len(ids), np.int64),
-                    },
-                )
+                from tqdm.auto import tqdm
+
+                fields = {
+                    **{c: labels[c].to_numpy() for c in columns},
+                    ASSIGNED_FIELD: np.zeros(len(ids), np.int64),
+                }
+                with tqdm(
+                    total=len(ids), desc="labels->milvus", unit="doc", disable=not self.progress
+                ) as bar:
+                    n = store.upsert_labels(ids, vectors, frame["text"].tolist(), fields, progress=bar.update)
                 store.flush()
         self.paths.labels_stored.write_text(json.dumps({"columns": columns, "rows": n}))
         log.info("labels: %s written to %d Milvus rows (filter e.g. 'cluster == 3')", ", ".join(columns), n)
