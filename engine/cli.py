@@ -183,6 +183,12 @@ SEED_OPTIONS: list[tuple[str, dict[str, Any]]] = [
 REPORT_OPTIONS: list[tuple[str, dict[str, Any]]] = [
     ("--n-keywords", {"type": int, "help": "keywords per cluster (default 10)"}),
     ("--n-representatives", {"type": int, "help": "representative documents per cluster (default 5)"}),
+    (
+        "--time-column",
+        {
+            "help": "column of dates: per-cluster counts per day/week/month (by span) and a topics-over-time chart"
+        },
+    ),
 ]
 
 STAGE_GROUPS = {
@@ -252,7 +258,92 @@ def build_parser() -> argparse.ArgumentParser:
                 flags = flag if isinstance(flag, tuple) else (flag,)
                 g.add_argument(*flags, **kwargs)
     _add_tool_parsers(sub)
+    _add_use_parsers(sub)
     return parser
+
+
+def _add_use_parsers(sub: argparse._SubParsersAction) -> None:
+    """Commands that use a finished run: place new documents, search within clusters."""
+    help_ = "place new documents in a finished run's clusters (DIR/assigned/NAME.parquet)"
+    p = sub.add_parser("assign", help=help_, description=help_)
+    p.add_argument("corpus", help="CSV, TSV, Parquet or JSON-lines file, read with the run's corpus options")
+    p.add_argument("--out", "-o", default="out", help="the run directory (default ./out)")
+    p.add_argument("--k", type=int, default=15, help="stored neighbours that vote per document (default 15)")
+    p.add_argument(
+        "--store",
+        action="store_true",
+        help="also insert them (with their labels) into the run's Milvus collection",
+    )
+    p.add_argument("--quiet", "-q", action="store_true", help="no progress or stage logs")
+    help_ = "nearest documents to a query, optionally within one cluster (a Milvus filter)"
+    p = sub.add_parser("search", help=help_, description=help_)
+    p.add_argument("query", help="the query text")
+    p.add_argument("--out", "-o", default="out", help="the run directory (default ./out)")
+    p.add_argument("--k", type=int, default=10, help="documents to return (default 10)")
+    p.add_argument("--cluster", type=int, default=None, help="only documents of this cluster")
+    p.add_argument("--filter", default="", help="any Milvus boolean expression, e.g. 'layer_1 == 2'")
+    p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
+    p.add_argument("--quiet", "-q", action="store_true", help="no stage logs")
+
+
+def _saved_config(out: str) -> EngineConfig:
+    saved = Path(out) / RUN_CONFIG_NAME
+    if not saved.exists():
+        raise EngineError(f"{saved} not found: `engine run CORPUS --out {out}` first")
+    options = load_toml(saved)
+    options.pop("restart", None)
+    options["out"] = out
+    config = EngineConfig().updated(options)
+    config.validate()
+    return config
+
+
+def _run_use(args: argparse.Namespace) -> int:
+    """``engine assign`` and ``engine search`` on a finished run."""
+    import json
+
+    from engine.pipeline import Pipeline
+
+    config = _saved_config(args.out)
+    with Pipeline(config, progress=not args.quiet) as pipe:
+        if args.command == "search":
+            hits = pipe.search(args.query, k=args.k, cluster=args.cluster, filter=args.filter)
+            if args.json:
+                for row in hits.to_dict(orient="records"):
+                    print(json.dumps(row, ensure_ascii=False, default=str))
+            else:
+                for row in hits.itertuples(index=False):
+                    text = " ".join(str(row.text).split())
+                    print(f"{row.score:7.3f}  cluster {row.cluster:>4}  id {row.id:<20} {text[:100]}")
+                where = f" in cluster {args.cluster}" if args.cluster is not None else ""
+                print(f"{len(hits)} documents{where}", file=sys.stderr)
+            return 0
+        from engine.corpus import load_corpus, with_source_columns
+
+        corpus = load_corpus(
+            args.corpus,
+            text_template=config.text_template,
+            text_column=config.text_column,
+            id_column=config.id_column,
+            empty=config.empty,
+            fmt=config.format,
+            encoding=config.encoding,
+            column_names=config.columns,
+        )
+        name = Path(args.corpus).name.split(".")[0] or "new"
+        out = pipe.assign(corpus.frame, k=args.k, store=args.store, source=Path(args.corpus).name)
+        out = with_source_columns(out, corpus.frame, corpus.stats)
+        path = Path(args.out) / "assigned" / f"{name}.parquet"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        out.to_parquet(path, index=False)
+        placed = int((out["cluster"] >= 0).sum()) if "cluster" in out else 0
+        reasons = out["cluster_reason"].value_counts().to_dict() if "cluster_reason" in out else {}
+        print(
+            f"engine assign: {len(out)} documents, {placed} placed in clusters, {len(out) - placed} noise "
+            f"({', '.join(f'{k} {v}' for k, v in reasons.items())}){'; stored in Milvus' if args.store else ''}\n"
+            f"  {path}"
+        )
+    return 0
 
 
 def _add_tool_parsers(sub: argparse._SubParsersAction) -> None:
@@ -303,7 +394,7 @@ def _run_stage(args: argparse.Namespace) -> int:
         "graph": [pipe.build_graph],
         "cluster": [pipe.cluster],
         "map": [pipe.project],
-        "report": [pipe.report],
+        "report": [pipe.report, pipe.store_labels],
     }
     if args.command == "embed" and config.corpus is None:
         raise EngineError("engine embed needs the corpus file: engine embed CORPUS --out DIR")
@@ -352,6 +443,8 @@ def main(argv: list[str] | None = None) -> int:
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _interrupt)
     try:
+        if args.command in ("assign", "search"):
+            return _run_use(args)
         return _run_stage(args)
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -83,6 +83,7 @@ class EngineConfig:
     # report
     n_keywords: int = 10
     n_representatives: int = 5
+    time_column: str | None = None  # dates -> per-cluster counts per day/week/month (topics over time)
 
     # ---- derived -------------------------------------------------------------------------
     @property

@@ -24,6 +24,10 @@ import pandas as pd
 from engine.errors import EngineError
 
 DEFAULT_TEMPLATE = "{title}\n{description}"
+#: Columns the engine adds to the corpus frame; a source column with one of these names is stored
+#: in corpus.parquet as ``source_<name>`` and gets its own name back in labels.parquet.
+ENGINE_COLUMNS = ("id", "text", "row")
+SOURCE_PREFIX = "source_"
 FORMATS = ("csv", "tsv", "parquet", "jsonl")
 _EXTENSIONS = {
     ".csv": "csv",
@@ -315,6 +319,14 @@ def load_corpus(
     ids = stable_ids(frame[id_column], id_column) if id_column else row_numbers.copy()
 
     out = frame.copy()
+    renamed = {}
+    for name in ENGINE_COLUMNS:  # a source column named id/text/row is kept, under a reserved name
+        if name in out.columns:
+            stored = SOURCE_PREFIX + name
+            while stored in out.columns:
+                stored = "_" + stored
+            renamed[stored] = name
+    out = out.rename(columns={v: k for k, v in renamed.items()})
     out.insert(0, "id", ids)
     out.insert(1, "text", texts.to_numpy(dtype=object))
     out.insert(2, "row", row_numbers)
@@ -348,5 +360,43 @@ def load_corpus(
         "duplicate_policy": duplicates,
         "documents": int(len(out)),
         "template": template,
+        "source_columns": [str(c) for c in frame.columns],
+        "renamed_columns": renamed,
     }
     return Corpus(frame=out, stats=stats, path=str(path))
+
+
+def source_columns(frame: pd.DataFrame, stats: dict | None = None) -> dict[str, str]:
+    """{column in the corpus frame: its name in the source file} for every source column, in file order.
+
+    Uses the ``renamed_columns`` recorded at load time; a run saved before that existed falls back
+    to every column the engine did not add.
+    """
+    renamed = dict((stats or {}).get("renamed_columns") or {})
+    return {c: renamed.get(c, c) for c in frame.columns if c not in ENGINE_COLUMNS}
+
+
+def with_source_columns(
+    results: pd.DataFrame, frame: pd.DataFrame, stats: dict | None = None
+) -> pd.DataFrame:
+    """``results`` (engine columns, corpus order) followed by every source column under its own name.
+
+    Why: users filter and join on their own columns (date, category, url, their string ids), so
+    labels.parquet carries them as given. A source ``id`` or ``text`` keeps its name and the
+    engine's column of that name becomes ``engine_id`` / ``engine_text``; a source column named
+    like a result (``cluster``, ``x`` ...) is carried as ``source_<name>``.
+    """
+    out = results.copy()
+    for stored, original in source_columns(frame, stats).items():
+        name = original
+        if original in ENGINE_COLUMNS and original in out.columns:
+            out = out.rename(columns={original: "engine_" + original})
+        elif original in out.columns:
+            name = SOURCE_PREFIX + original
+        out[name] = frame[stored].to_numpy()
+    return out
+
+
+def engine_id_column(labels: pd.DataFrame) -> str:
+    """The column of labels.parquet holding the engine's int64 ids (the Milvus primary key)."""
+    return "engine_id" if "engine_id" in labels.columns else "id"

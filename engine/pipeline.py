@@ -37,6 +37,8 @@ LOCAL_SERVER_URI = "local-server"
 # (no process to start, one file), the engine-managed local server above it. Lite 3.x searches at
 # ~110-200 q/s (Python per hit) -> ~2 h for a 1M graph; the server does the 100k graph at >1,000 q/s.
 AUTO_SERVER_MIN_DOCS = 50_000
+# Scalar field on every stored row: 0 for the run's corpus, 1 for documents added by `engine assign --store`.
+ASSIGNED_FIELD = "assigned"
 
 
 def local_server_available() -> bool:
@@ -92,6 +94,7 @@ class RunPaths:
     summary = property(lambda self: self.root / "summary.json")
     config = property(lambda self: self.root / RUN_CONFIG_NAME)
     knn_graph = property(lambda self: self.root / "knn_graph.npz")
+    labels_stored = property(lambda self: self.root / "labels_stored.json")
 
 
 @dataclass
@@ -395,6 +398,7 @@ class Pipeline:
                 max_length=cfg.max_length,
                 batch_size=cfg.batch_size,
             )
+            self._warn_language(encoder.name)
             if meta and not cfg.restart and meta.get("model") != encoder.name:
                 raise EngineError(
                     f"{self.paths.embeddings} holds vectors of model {meta.get('model')!r}, not {encoder.name!r}: "
@@ -415,6 +419,17 @@ class Pipeline:
         self.ingest_ = result
         self.details_["model"] = f"{encoder.name} ({encoder.dim}-d, {encoder.device})"
         return result
+
+    def _warn_language(self, model_name: str) -> str | None:
+        """Warn (log, summary, report) when an English-only model meets a mostly non-Latin corpus."""
+        from engine.language import model_language_warning
+
+        warning = model_language_warning(model_name, self.frame["text"].tolist())
+        if warning:
+            if "warning" not in self.details_:
+                log.warning("warning: %s", warning)
+            self.details_["warning"] = warning
+        return warning
 
     def build_graph(self):
         """The k-nearest-neighbour graph (CSR, true Euclidean distances) from Milvus or exact search."""
@@ -607,6 +622,7 @@ class Pipeline:
 
     def report(self):
         """labels.parquet, clusters.json, report.html, map.html and map.png."""
+        from engine.corpus import with_source_columns
         from engine.project import write_map
         from engine.report import build_layers_report, build_report
 
@@ -639,7 +655,8 @@ class Pipeline:
             if cfg.assign_noise and "assigned" in clusters:
                 columns["assigned"] = clusters["assigned"].astype(bool)
             labels = pd.DataFrame(columns)
-            labels.to_parquet(self.paths.labels, index=False)
+            output = with_source_columns(labels, frame, self.corpus_stats_)
+            output.to_parquet(self.paths.labels, index=False)
             if layers is not None:
                 report = build_layers_report(
                     labels,
@@ -657,6 +674,9 @@ class Pipeline:
                     n_representatives=cfg.n_representatives,
                     vectors=self.vectors(),
                 )
+            report.over_time = self._over_time(frame, labels["cluster"].to_numpy())
+            warning = self._warn_language(self._embeddings_meta().get("model") or cfg.model)
+            report.warnings = [warning] if warning else []
             source = Path(self.config.corpus).name if self.config.corpus else self.paths.root.name
             title = f"Document map: {source}"
             write_map(  # first: report.html links to the map only when map.html exists
@@ -668,9 +688,186 @@ class Pipeline:
                 layers=report.layers,
             )
             report.write(self.paths.root)
-        self.labels_ = labels
+        self.labels_ = output
         self.report_ = report
         return report
+
+    def _over_time(self, frame: pd.DataFrame, labels: np.ndarray) -> dict | None:
+        """--time-column: per-cluster counts per period (engine.timeline), or None."""
+        from engine.corpus import source_columns
+        from engine.timeline import parse_times, topics_over_time
+
+        column = self.config.time_column
+        if not column:
+            return None
+        stored = {v: k for k, v in source_columns(frame, self.corpus_stats_).items()}
+        if column not in stored:
+            raise EngineError(
+                f"--time-column {column!r} is not a column of the corpus (columns: {', '.join(stored)})"
+            )
+        result = topics_over_time(labels, parse_times(frame[stored[column]], column), column)
+        log.info(
+            "report: topics over time by %s, %d periods of a %s",
+            column,
+            len(result["periods"]),
+            result["period"],
+        )
+        return result
+
+    # ---- using the clusters ----------------------------------------------------------------
+    def _run_labels(self) -> pd.DataFrame:
+        if self.labels_ is None:
+            self.labels_ = pd.read_parquet(self._require(self.paths.labels, "report"))
+        return self.labels_
+
+    def _label_columns(self, labels: pd.DataFrame) -> list[str]:
+        from engine.assign import label_columns
+        from engine.corpus import source_columns
+
+        _ = self.frame  # loads the corpus stats too
+        return label_columns(labels, exclude=set(source_columns(self.frame, self.corpus_stats_).values()))
+
+    def store_labels(self) -> int:
+        """Write every label column of labels.parquet onto the Milvus rows, so searches filter by cluster.
+
+        Re-running (after ``engine cluster`` + ``engine report``) rewrites them.
+        """
+        from engine.corpus import engine_id_column
+
+        labels = self._run_labels()
+        columns = self._label_columns(labels)
+        frame = self.frame
+        ids = labels[engine_id_column(labels)].to_numpy(dtype=np.int64)
+        if len(ids) != len(frame) or not np.array_equal(ids, frame["id"].to_numpy(dtype=np.int64)):
+            raise EngineError("labels.parquet does not match the corpus: re-run `engine report`")
+        vectors = self.vectors()
+        with self._stage("labels"):
+            with self.open_store(dim=vectors.shape[1]) as store:
+                if not store.has_dynamic_field():
+                    log.warning(
+                        "labels: collection %s was created by an older engine without dynamic fields; cluster "
+                        "labels are not stored in Milvus (re-run with --restart to enable `engine search --cluster`)",
+                        store.collection,
+                    )
+                    return 0
+                from tqdm.auto import tqdm
+
+                fields = {
+                    **{c: labels[c].to_numpy() for c in columns},
+                    ASSIGNED_FIELD: np.zeros(len(ids), np.int64),
+                }
+                with tqdm(
+                    total=len(ids), desc="labels->milvus", unit="doc", disable=not self.progress
+                ) as bar:
+                    n = store.upsert_labels(ids, vectors, frame["text"].tolist(), fields, progress=bar.update)
+                store.flush()
+        self.paths.labels_stored.write_text(json.dumps({"columns": columns, "rows": n}))
+        log.info("labels: %s written to %d Milvus rows (filter e.g. 'cluster == 3')", ", ".join(columns), n)
+        self.details_["labels"] = f"{', '.join(columns)} stored in Milvus ({n:,} rows)"
+        return n
+
+    def _encoder(self):
+        from engine.embed import load_encoder
+
+        cfg = self.config
+        meta = self._embeddings_meta()
+        encoder = load_encoder(
+            cfg.model,
+            device=cfg.device,
+            precision=cfg.precision,
+            max_length=cfg.max_length,
+            batch_size=cfg.batch_size,
+        )
+        if meta and meta.get("model") not in (None, encoder.name):
+            raise EngineError(
+                f"the run was embedded with {meta.get('model')!r}, not {encoder.name!r} (option model)"
+            )
+        return encoder
+
+    def search(self, query: str, k: int = 10, cluster: int | None = None, filter: str = "") -> pd.DataFrame:
+        """Nearest stored documents to ``query``; ``cluster`` adds the Milvus filter ``cluster == N``."""
+        if not str(query).strip():
+            raise EngineError("search: the query text is empty")
+        if k < 1:
+            raise EngineError(f"--k must be >= 1, got {k}")
+        expr = [f"({filter})"] if filter else []
+        if cluster is not None:
+            expr.append(f"cluster == {int(cluster)}")
+        encoder = self._encoder()
+        vector = encoder.encode([str(query)])
+        labels = self._run_labels()
+        columns = self._label_columns(labels)
+        with self.open_store(dim=vector.shape[1]) as store:
+            if cluster is not None and not store.has_dynamic_field():
+                raise EngineError(
+                    "this run's collection has no cluster fields: re-run `engine run --restart`"
+                )
+            hits = store.search_hits(vector, k, filter=" and ".join(expr), output_fields=["text", *columns])[
+                0
+            ]
+        out = pd.DataFrame(hits, columns=["id", "distance", *columns, "text"])
+        return out.rename(columns={"distance": "score"})
+
+    def assign(
+        self, frame: pd.DataFrame, k: int = 15, store: bool = False, source: str = "new"
+    ) -> pd.DataFrame:
+        """Place new documents (``frame`` with a ``text`` column) in the run's clusters (engine.assign rule).
+
+        Returns one row per document: ``id`` (stable, from ``source`` and the frame's ``id`` or
+        position), the label columns with ``<label>_confidence`` and ``<label>_reason``, the nearest
+        stored id and its distance. ``store=True`` also upserts the documents with their labels into
+        the run's collection (same ids on a re-run: no duplicates).
+        """
+        from engine.assign import assigned_ids, lookup_labels, neighbour_radius, vote
+        from engine.corpus import engine_id_column
+        from engine.graph.distances import to_euclidean
+
+        if "text" not in frame.columns:
+            raise EngineError("assign: the frame needs a 'text' column")
+        if k < 1:
+            raise EngineError(f"--k must be >= 1, got {k}")
+        texts = frame["text"].fillna("").astype(str).tolist()
+        keys = frame["id"] if "id" in frame.columns else pd.Series(np.arange(len(frame)))
+        ids = assigned_ids(keys, source)
+        labels = self._run_labels()
+        columns = self._label_columns(labels)
+        run_ids = labels[engine_id_column(labels)].to_numpy(dtype=np.int64)
+        graph = self._graph()
+        m = self.config.min_samples or self.config.min_cluster_size
+        encoder = self._encoder()
+        with self._stage("assign"):
+            vectors = encoder.encode(texts) if texts else np.empty((0, encoder.dim), np.float32)
+            with self.open_store(dim=encoder.dim) as st:
+                # Only the run's own documents vote: rows stored by an earlier `assign --store` are skipped
+                # inside Milvus, so they do not take neighbour slots (and re-runs give the same answer).
+                only_run = f"{ASSIGNED_FIELD} == 0" if self.paths.labels_stored.exists() else ""
+                hits = st.search_hits(vectors, k, filter=only_run) if len(vectors) else []
+                hit_ids = np.full((len(vectors), k), -1, dtype=np.int64)
+                raw = np.full((len(vectors), k), np.nan, dtype=np.float32)
+                for i, row in enumerate(hits):
+                    hit_ids[i, : len(row)] = [h["id"] for h in row]
+                    raw[i, : len(row)] = [h["distance"] for h in row]
+                dist = to_euclidean(raw, st.metric).astype(np.float64)
+                dist[hit_ids < 0] = np.inf
+                out = pd.DataFrame({"id": ids, "text": texts})
+                for c in columns:
+                    run_values = labels[c].to_numpy(dtype=np.int64)
+                    radius = neighbour_radius(graph.distances, run_values, m)
+                    result = vote(lookup_labels(hit_ids, run_ids, run_values), dist, radius, m)
+                    out[c] = result.label
+                    out[f"{c}_confidence"] = result.confidence
+                    out[f"{c}_reason"] = result.reason.astype(str)
+                out["nearest_id"] = hit_ids[:, 0] if len(out) else np.empty(0, np.int64)
+                out["nearest_distance"] = (
+                    dist[:, 0].astype(np.float32) if len(out) else np.empty(0, np.float32)
+                )
+                if store and len(out):
+                    fields = {c: out[c].to_numpy() for c in columns}
+                    st.upsert_labels(
+                        ids, vectors, texts, {**fields, ASSIGNED_FIELD: np.ones(len(ids), np.int64)}
+                    )
+                    st.flush()
+        return out
 
     # ---- whole run -----------------------------------------------------------------------
     def run(self) -> RunSummary:
@@ -684,6 +881,7 @@ class Pipeline:
             self.cluster()
             self.project()
             self.report()
+            self.store_labels()
         finally:
             self.close()
         return self.summary()

@@ -1,12 +1,6 @@
 """Report stage: per-cluster size, c-TF-IDF keywords and representative documents.
 
-Keywords follow BERTopic's class-based TF-IDF: the documents of each class (every cluster, and the
-noise as one more class, as BERTopic does with topic -1) are concatenated, counted with
-scikit-learn's ``CountVectorizer``, and scored
-
-    c-TF-IDF(t, c) = tf(t, c) / sum_t' tf(t', c)  *  log(1 + A / f_t)
-
-with f_t the frequency of term t over all classes and A the average number of words per class.
+Keywords: BERTopic's class-based TF-IDF over clean, language-aware tokens (engine.keywords).
 
 Representative documents: within a cluster, highest HDBSCAN membership probability first; ties
 (HDBSCAN gives probability 1.0 to the whole core of a cluster) are broken by cosine similarity to
@@ -25,50 +19,13 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import scipy.sparse as sp
 
 from engine.errors import EngineError
+from engine.keywords import class_tfidf, top_terms
+
+__all__ = ["ClusterReport", "build_report", "class_tfidf", "render_html", "representatives", "top_terms"]
 
 REQUIRED_COLUMNS = ("id", "text", "cluster", "probability", "outlier_score")
-
-
-# --------------------------------------------------------------------------------------------------
-# c-TF-IDF
-# --------------------------------------------------------------------------------------------------
-def class_tfidf(
-    class_docs: list[str], max_features: int | None = 200_000
-) -> tuple[sp.csr_matrix, np.ndarray]:
-    """BERTopic's c-TF-IDF of one concatenated document per class -> (scores (C, V) csr, vocabulary).
-
-    Returns an empty (C, 0) matrix when no term survives (all stop words, empty texts).
-    ``max_features`` keeps the vocabulary bounded on huge corpora (the most frequent terms).
-    """
-    from sklearn.feature_extraction.text import CountVectorizer
-    from sklearn.preprocessing import normalize
-
-    vectorizer = CountVectorizer(stop_words="english", min_df=1, max_features=max_features)
-    try:
-        counts = vectorizer.fit_transform(class_docs)
-    except ValueError:  # "empty vocabulary; perhaps the documents only contain stop words"
-        return sp.csr_matrix((len(class_docs), 0), dtype=np.float64), np.array([], dtype=object)
-    counts = counts.astype(np.float64)
-    f_t = np.asarray(counts.sum(axis=0)).ravel()
-    avg_words = float(np.asarray(counts.sum(axis=1)).mean())
-    idf = np.log(1.0 + avg_words / np.maximum(f_t, 1.0))
-    tf = normalize(counts, axis=1, norm="l1", copy=True)
-    scores = sp.csr_matrix(tf @ sp.diags(idf))
-    return scores, vectorizer.get_feature_names_out()
-
-
-def top_terms(scores: sp.csr_matrix, vocab: np.ndarray, row: int, n: int) -> list[str]:
-    """The n highest-scoring terms of one class (only terms that occur in it)."""
-    if scores.shape[1] == 0 or n <= 0:
-        return []
-    r = scores.getrow(row)
-    if r.nnz == 0:
-        return []
-    order = np.lexsort((r.indices, -r.data))[:n]  # score desc, then alphabetical index for ties
-    return [str(vocab[r.indices[i]]) for i in order]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -126,6 +83,8 @@ class ClusterReport:
     # Topic tree (cluster space "embedding"): one JSON-ready dict per layer, finest first; see build_layers_report.
     layers: list[dict[str, Any]] | None = None
     primary_layer: int | None = None
+    warnings: list[str] = field(default_factory=list)
+    over_time: dict | None = None  # engine.timeline.topics_over_time (--time-column)
 
     @property
     def n_clusters(self) -> int:
@@ -151,6 +110,11 @@ class ClusterReport:
                     "share": float(r.share),
                     "mean_probability": float(r.mean_probability),
                     "keywords": [str(k) for k in r.keywords],
+                    **(
+                        {"over_time": self.over_time["clusters"].get(str(int(r.cluster)), [])}
+                        if self.over_time
+                        else {}
+                    ),
                     "representatives": [
                         {"id": _py(d["id"]), "text": str(d["text"]), "probability": float(d["probability"])}
                         for d in r.representatives
@@ -166,6 +130,8 @@ class ClusterReport:
                 "keywords": list(self.noise_keywords),
             },
             "clusters": clusters,
+            "warnings": list(self.warnings),
+            **({"over_time": self.over_time} if self.over_time else {}),
         }
         if self.layers is not None:
             out["primary_layer"] = self.primary_layer
@@ -332,6 +298,7 @@ h1{margin-bottom:.2rem} .summary{color:#555;margin-bottom:1.5rem}
 table{border-collapse:collapse;width:100%} th,td{border-bottom:1px solid #ddd;padding:.5rem;vertical-align:top;text-align:left}
 th{background:#f4f4f4;position:sticky;top:0} td.num{text-align:right;white-space:nowrap}
 .kw span{display:inline-block;background:#eef3fb;border-radius:3px;padding:0 .3rem;margin:0 .2rem .2rem 0;font-size:.9em}
+.warn{background:#fff4e5;border-left:4px solid #e69500;padding:.5rem .8rem}
 ol{margin:0;padding-left:1.2rem} li{margin-bottom:.3rem;font-size:.92em} .p{color:#888;font-size:.85em}
 .tree details{margin:.25rem 0 .25rem 1.2rem} .tree summary{cursor:pointer} .tree .n{color:#555;font-size:.9em}
 .tree .name{font-weight:600} .tree .docs{margin:.2rem 0 .4rem 1.4rem;color:#444;font-size:.88em}
@@ -368,12 +335,26 @@ def render_html(report: ClusterReport, title: str = "Cluster report", map_href: 
     if map_href:
         parts.append(f' &middot; <a href="{_esc(map_href)}">open the map</a>')
     parts.append("</div>")
+    for warning in report.warnings:
+        parts.append(f'<p class="warn"><b>Warning:</b> {_esc(warning)}</p>')
     if report.layers:
         parts.append(render_tree_html(report.layers))
         parts.append(f"<h2>Primary layer {report.primary_layer}: clusters</h2>")
     if report.noise_keywords:
         kws = "".join(f"<span>{_esc(k)}</span>" for k in report.noise_keywords)
         parts.append(f'<p class="kw">Noise keywords: {kws}</p>')
+    over_time = report.over_time
+    if over_time:
+        from engine.timeline import chart_svg
+
+        names = {int(r.cluster): ", ".join(list(r.keywords)[:3]) for r in report.clusters.itertuples()}
+        outside = {"before": "dated before the range", "after": "dated after it", "missing": "without a date"}
+        extra = ", ".join(f"{over_time[k]} {v}" for k, v in outside.items() if over_time[k])
+        parts.append(
+            f'<h2>Topics over time</h2><p class="p">documents per {over_time["period"]} by '
+            f"{_esc(over_time['column'])}, the 10 largest clusters{f' (not shown: {extra})' if extra else ''}</p>"
+        )
+        parts.append(chart_svg(over_time, names))
     parts.append(
         "<table><thead><tr><th>Cluster</th><th>Size</th><th>Share</th><th>Mean prob.</th>"
         "<th>Keywords</th><th>Representative documents</th></tr></thead><tbody>"
@@ -384,6 +365,10 @@ def render_html(report: ClusterReport, title: str = "Cluster report", map_href: 
             f'<li>{_doc_html(d["text"])} <span class="p">(id {_esc(d["id"])}, p={d["probability"]:.2f})</span></li>'
             for d in r.representatives
         )
+        if over_time:
+            from engine.timeline import sparkline_svg
+
+            kws += "<br>" + sparkline_svg(over_time["clusters"].get(str(int(r.cluster)), []))
         parts.append(
             f'<tr id="c{int(r.cluster)}"><td class="num">{int(r.cluster)}</td><td class="num">{int(r.size)}</td>'
             f'<td class="num">{r.share:.1%}</td><td class="num">{r.mean_probability:.2f}</td>'

@@ -438,7 +438,9 @@ class MilvusStore:
                     "(parameter dim); use another collection or drop_existing/restart"
                 )
             return
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
+        # Dynamic fields: cluster labels (``cluster``, ``layer_0`` ...) are written onto the rows
+        # after clustering without a schema change (Milvus 2.3 servers cannot add fields).
+        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=True)
         schema.add_field("id", DataType.INT64, is_primary=True)
         schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
         schema.add_field("text", DataType.VARCHAR, max_length=self.text_max_bytes)
@@ -517,6 +519,107 @@ class MilvusStore:
             self._call("delete", self.client.delete, self.collection, ids=chunk, timeout=self.timeout)
         self._count_cache = None
         return int(ids_arr.size)
+
+    def has_dynamic_field(self) -> bool:
+        """True when the collection accepts scalar fields beyond id/vector/text (created by this engine)."""
+        desc = self._call("describe_collection", self.client.describe_collection, self.collection)
+        return bool(desc.get("enable_dynamic_field", False))
+
+    def upsert_labels(
+        self,
+        ids: np.ndarray,
+        vectors: np.ndarray,
+        texts: Sequence[str],
+        labels: dict[str, np.ndarray],
+        progress: Callable[[int], None] | None = None,
+    ) -> int:
+        """Rewrite rows with integer label fields (``{"cluster": labels, ...}``) so searches can filter on them.
+
+        Upsert replaces whole rows, so vectors and texts are sent again (from embeddings.npy, not
+        read back from Milvus). Re-running replaces the previous labels; rows not given keep theirs.
+        """
+        if not self.has_dynamic_field():
+            raise EngineError(
+                f"collection {self.collection!r} was created without dynamic fields (by an older engine), "
+                "so cluster labels cannot be stored on it; re-run `engine run` with --restart"
+            )
+        ids_arr = np.asarray(ids, dtype=np.int64).reshape(-1)
+        columns = {name: np.asarray(values, dtype=np.int64) for name, values in labels.items()}
+        n = 0
+        for start in range(0, ids_arr.size, self.insert_batch_size):
+            stop = min(start + self.insert_batch_size, ids_arr.size)
+            block = np.asarray(vectors[start:stop], dtype=np.float32)
+            rows = []
+            for i in range(start, stop):
+                row: dict[str, Any] = {
+                    "id": int(ids_arr[i]),
+                    "vector": block[i - start],
+                    "text": truncate_utf8(str(texts[i]), self.text_max_bytes),
+                }
+                for name, values in columns.items():
+                    row[name] = int(values[i])
+                rows.append(row)
+            self._call("upsert", self.client.upsert, self.collection, rows, timeout=self.timeout)
+            n += stop - start
+            if progress is not None:
+                progress(stop - start)
+        self._count_cache = None
+        return n
+
+    def search_hits(
+        self,
+        vectors: np.ndarray,
+        limit: int,
+        filter: str = "",
+        output_fields: Sequence[str] = (),
+        search_params: dict[str, Any] | None = None,
+    ) -> list[list[dict[str, Any]]]:
+        """Search with a Milvus boolean ``filter`` (e.g. ``cluster == 3``) evaluated inside Milvus.
+
+        Returns per query a list of ``{"id", "distance", **output_fields}`` (nearest first).
+        """
+        q = np.ascontiguousarray(vectors, dtype=np.float32)
+        if q.ndim == 1:
+            q = q[None, :]
+        self.load()
+        params = default_search_params(self.index_type, limit, self.index_params)
+        params.update(self.search_params)
+        params.update(search_params or {})
+        res = self._call(
+            "search",
+            self.client.search,
+            self.collection,
+            data=q,
+            limit=limit,
+            filter=filter,
+            output_fields=list(output_fields),
+            search_params={"metric_type": self.metric, "params": params},
+            anns_field="vector",
+            timeout=self.timeout,
+        )
+        out: list[list[dict[str, Any]]] = []
+        for hits in res:
+            rows = []
+            for hit in hits:
+                entity = dict(hit.get("entity", {}) or {})
+                rows.append({"id": int(hit["id"]), "distance": float(hit["distance"]), **entity})
+            out.append(rows)
+        return out
+
+    def query(
+        self, filter: str, output_fields: Sequence[str] = ("id",), limit: int = QUERY_WINDOW
+    ) -> list[dict]:
+        """Rows matching a Milvus boolean ``filter`` (at most ``limit``; servers cap one window at 16,384)."""
+        self.load_for_query()
+        rows = self._call(
+            "query",
+            self.client.query,
+            self.collection,
+            filter=filter,
+            output_fields=list(output_fields),
+            limit=min(int(limit), QUERY_WINDOW) if not self.is_lite else int(limit),
+        )
+        return [dict(r) for r in rows]
 
     def flush(self) -> None:
         """Seal in-memory rows into segments so they get indexed (Lite brute-forces unflushed rows)."""

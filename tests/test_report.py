@@ -115,9 +115,10 @@ def test_degenerate_inputs_do_not_raise(tmp_path, texts, labels):
     assert os.path.getsize(paths["html"]) > 200
 
 
-def test_chinese_keywords_are_whole_runs():
+def test_chinese_keywords_are_words_not_whole_runs():
     rep = build_report(make_frame(["北京今天天气很好", "上海股市大涨", "北京今天天气很好"], [0, 1, 0]))
-    assert rep.keywords_by_cluster()[0] == ["北京今天天气很好"]
+    assert rep.keywords_by_cluster()[0] == ["今天天气", "北京"]  # jieba words (很 and 好 are single chars)
+    assert rep.keywords_by_cluster()[1] == ["上海", "大涨", "股市"]
 
 
 def test_write_json_and_escaped_html(tmp_path):
