@@ -14,7 +14,7 @@ import numpy as np
 
 from engine.cluster.embedding import DEFAULT_N_NEIGHBORS, DEFAULT_NOISE_LEVEL, embed_graph
 from engine.cluster.graph_hdbscan import ClusterResult
-from engine.cluster.layers import build_layers
+from engine.cluster.layers import ClusterLayers, build_layers
 from engine.cluster.noise import assign_noise
 from engine.errors import EngineError
 
@@ -53,6 +53,8 @@ def cluster_embedding_space(
         raise EngineError(f"n_clusters must be >= 1, got {n_clusters}")
     t0 = time.perf_counter()
     n = int(np.asarray(graph.indices).shape[0])
+    if not np.any(np.asarray(graph.distances) > 0):
+        return _no_structure(n, seed, time.perf_counter() - t0)
     emb = embed_graph(
         graph,
         n_components=n_components,
@@ -104,4 +106,37 @@ def cluster_embedding_space(
     result.embedding = emb.embedding
     result.assigned = assigned
     result.noise_before = noise_before
+    return result
+
+
+def _no_structure(n: int, seed: int | None, seconds: float) -> ClusterResult:
+    """Every neighbour is an exact duplicate: no density to embed, so no clusters (as HDBSCAN* on the graph).
+
+    A layout of identical points would split them arbitrarily; one all-noise layer is the honest answer,
+    and the run summary then explains the zero clusters.
+    """
+    labels = np.full(n, -1, dtype=np.int64)
+    zeros = np.zeros(n, dtype=np.float32)
+    layers = ClusterLayers(
+        labels=[labels],
+        strengths=[zeros],
+        persistence=[0.0],
+        parents=[np.full(0, -1, dtype=np.int64)],
+        primary=0,
+        rule="no structure: every graph neighbour is an exact duplicate",
+    )
+    result = ClusterResult(
+        labels=labels,
+        probabilities=zeros,
+        outlier_scores=np.ones(n, dtype=np.float32),
+        backend="cpu",
+        n_clusters=0,
+        seconds=seconds,
+        timings={},
+    )
+    result.layers = layers
+    # the map starts from this: a small seeded scatter, since every point is the same document
+    result.embedding = np.random.default_rng(seed).normal(scale=0.01, size=(n, 2)).astype(np.float32)
+    result.assigned = np.zeros(n, dtype=bool)
+    result.noise_before = 1.0 if n else 0.0
     return result
