@@ -380,6 +380,7 @@ class Pipeline:
                 f"--index {index_type} is not available on {'Milvus Lite' if lite else 'a Milvus server'}; "
                 f"choose one of {', '.join(allowed)}"
             )
+        self._time_values(self.frame)  # a bad --time-column fails here, not after minutes of embedding
 
     def embed(self):
         """Embed every document into ``embeddings.npy`` and Milvus, resuming what is already stored."""
@@ -692,10 +693,10 @@ class Pipeline:
         self.report_ = report
         return report
 
-    def _over_time(self, frame: pd.DataFrame, labels: np.ndarray) -> dict | None:
-        """--time-column: per-cluster counts per period (engine.timeline), or None."""
+    def _time_values(self, frame: pd.DataFrame) -> pd.Series | None:
+        """--time-column parsed to timestamps; EngineError naming the column when absent or not dates."""
         from engine.corpus import source_columns
-        from engine.timeline import parse_times, topics_over_time
+        from engine.timeline import parse_times
 
         column = self.config.time_column
         if not column:
@@ -705,7 +706,17 @@ class Pipeline:
             raise EngineError(
                 f"--time-column {column!r} is not a column of the corpus (columns: {', '.join(stored)})"
             )
-        result = topics_over_time(labels, parse_times(frame[stored[column]], column), column)
+        return parse_times(frame[stored[column]], column)
+
+    def _over_time(self, frame: pd.DataFrame, labels: np.ndarray) -> dict | None:
+        """--time-column: per-cluster counts per period (engine.timeline), or None."""
+        from engine.timeline import topics_over_time
+
+        times = self._time_values(frame)
+        if times is None:
+            return None
+        column = self.config.time_column
+        result = topics_over_time(labels, times, column)
         log.info(
             "report: topics over time by %s, %d periods of a %s",
             column,

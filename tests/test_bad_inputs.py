@@ -48,6 +48,8 @@ def _no_work_done(out: Path) -> None:
         (["--min-dist", "nan"], ["--min-dist must be a finite number"]),
         (["--workers", "100000"], ["--workers must be within 1..256"]),
         (["--seed", "-1"], ["--seed must be within 0..4294967295"]),
+        (["--time-column", "published"], ["--time-column 'published' is not a column of the corpus"]),
+        (["--time-column", "title"], ["--time-column 'title'", "not dates"]),
     ],
 )
 def test_bad_option_is_one_line_before_any_work(tmp_path, corpus, flags, needles):
