@@ -754,6 +754,13 @@ class Pipeline:
         vectors = self.vectors()
         with self._stage("labels"):
             with self.open_store(dim=vectors.shape[1]) as store:
+                if not store.has_collection():
+                    log.warning(
+                        "labels: Milvus holds no collection %s any more; cluster labels are not stored in Milvus "
+                        "(re-run `engine embed --out DIR` to rebuild it from embeddings.npy, then `engine report`)",
+                        store.collection,
+                    )
+                    return 0
                 if not store.has_dynamic_field():
                     log.warning(
                         "labels: collection %s was created by an older engine without dynamic fields; cluster "
