@@ -335,9 +335,9 @@ class EngineConfig(BaseSettings):
 
     def copy_with(self, **changes: Any) -> EngineConfig:
         """A validated copy with some fields (flat names) changed."""
-        return build_config([(self.given(), None), (changes, None)])
+        return build_config([(self.as_flat(), None), (changes, None)])
 
-    def given(self) -> dict[str, Any]:
+    def as_flat(self) -> dict[str, Any]:
         """Every field, flat, with the token (for copies in memory; never written)."""
         flat: dict[str, Any] = {"out": self.out, "seed": self.seed}
         for name in SECTIONS:

@@ -97,7 +97,7 @@ def test_saved_run_toml_is_nested_without_secrets(tmp_path):
     assert "min_samples" not in data["cluster"]  # None is omitted
     assert set(data) == {"out", "seed", *SECTIONS}
     secrets = {"milvus_token": "secret", "milvus_uri": "http://u:pw@h:19530"}
-    assert resolve_config({"out": str(out)}).given() | secrets == config.given()
+    assert resolve_config({"out": str(out)}).as_flat() | secrets == config.as_flat()
 
 
 def test_flags_override_config_file(tmp_path):
