@@ -72,7 +72,9 @@ def main() -> int:
     common = dict(model="all-MiniLM-L6-v2", id_column="doc", max_length=args.max_length, seed=args.seed)
 
     t0 = time.perf_counter()
-    part = Pipeline(EngineConfig(corpus=str(part_csv), out=str(work / "part"), **common), progress=False)
+    part = Pipeline(
+        EngineConfig.from_flat(corpus=str(part_csv), out=str(work / "part"), **common), progress=False
+    )
     part.run()
     part_seconds = time.perf_counter() - t0
     new = (
@@ -86,7 +88,9 @@ def main() -> int:
     part.close()
 
     t0 = time.perf_counter()
-    full = Pipeline(EngineConfig(corpus=str(full_csv), out=str(work / "full"), **common), progress=False)
+    full = Pipeline(
+        EngineConfig.from_flat(corpus=str(full_csv), out=str(work / "full"), **common), progress=False
+    )
     full.run()
     full_seconds = time.perf_counter() - t0
     full.close()

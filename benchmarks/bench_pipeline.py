@@ -145,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps({"model": "precomputed", "dim": dim, "n": n, "complete": True})
     )
 
-    config = EngineConfig(
+    config = EngineConfig.from_flat(
         out=str(run_dir),
         milvus_uri=args.milvus_uri,
         index=args.index,
@@ -211,8 +211,8 @@ def main(argv: list[str] | None = None) -> int:
                 target_recall=args.target_recall,
                 sample=args.tune_sample,
                 search_params=None,
-                workers=config.workers,
-                batch_size=config.search_batch,
+                workers=config.graph.workers,
+                batch_size=config.graph.search_batch,
             )
             search_params = tuning.search_params
             print(f"tuned search params {search_params}: {tuning.trials}", flush=True)
@@ -221,8 +221,8 @@ def main(argv: list[str] | None = None) -> int:
             vectors,
             ids,
             k=args.k,
-            workers=config.workers,
-            batch_size=config.search_batch,
+            workers=config.graph.workers,
+            batch_size=config.graph.search_batch,
             search_params=search_params,
         )
         graph.save(run_dir)

@@ -110,7 +110,7 @@ def run_dataset(
     if classes is not None:
         out["classes"] = int(len(np.unique(classes)))
     t0 = time.perf_counter()
-    graph: KnnGraph = exact_knn(vectors, cfg.k)
+    graph: KnnGraph = exact_knn(vectors, cfg.graph.k)
     out["graph_seconds"] = round(time.perf_counter() - t0, 3)
     res = out["methods"]
 
@@ -120,8 +120,8 @@ def run_dataset(
 
     if "engine" in methods or "engine_assign" in methods:
         kw = {
-            "min_cluster_size": cfg.min_cluster_size,
-            "min_samples": cfg.effective_min_samples,
+            "min_cluster_size": cfg.cluster.min_cluster_size,
+            "min_samples": cfg.cluster.effective_min_samples,
             "seed": seed,
             "vectors": vectors,
         }
@@ -155,8 +155,8 @@ def run_dataset(
             lambda: (
                 cluster_graph(
                     graph,
-                    min_cluster_size=cfg.min_cluster_size,
-                    min_samples=EngineConfig(cluster_space="graph").effective_min_samples,
+                    min_cluster_size=cfg.cluster.min_cluster_size,
+                    min_samples=EngineConfig.from_flat(cluster_space="graph").cluster.effective_min_samples,
                     backend="cpu",
                 ).labels
             )

@@ -1,7 +1,8 @@
 """Command line: ``engine run CORPUS --out DIR`` and one subcommand per stage.
 
-Option precedence: built-in defaults < ``--config FILE.toml`` < the run directory's saved
-``run.toml`` (stage subcommands only) < flags given on the command line.
+Options come from the settings model in engine.config (flags, help, choices and types are derived from
+it). Precedence: built-in defaults < the run directory's saved ``run.toml`` (stage subcommands only) <
+``--config FILE.toml`` < ``ENGINE_<FIELD>`` / ``MILVUS_URI`` / ``MILVUS_TOKEN`` < flags on the command line.
 User errors print one ``error: ...`` line and exit with status 2, never a traceback.
 """
 
@@ -18,7 +19,18 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from engine import __version__
-from engine.config import RUN_CONFIG_NAME, EngineConfig, load_toml, parse_json_option
+from engine.config import (
+    DICT_FIELDS,
+    NONE_WORDS,
+    RUN_CONFIG_NAME,
+    SECTIONS,
+    EngineConfig,
+    choices_of,
+    field_info,
+    flag_of,
+    parse_json_option,
+    resolve_config,
+)
 from engine.errors import EngineError
 from engine.logs import quiet_libraries
 from engine.rundir import RunLock
@@ -27,188 +39,56 @@ log = logging.getLogger("engine")
 
 
 def _int_or_none(value: str) -> int | None:
-    return None if value.lower() in ("none", "auto") else int(value)
-
-
-def _seed(value: str) -> int | str:
-    """An integer seed, or "none" (kept as text so it can override a saved seed; config maps it to None)."""
-    return "none" if value.lower() in ("none", "auto") else int(value)
+    return None if value.lower() in NONE_WORDS else int(value)
 
 
 def _columns(value: str) -> list[str]:
     return [c.strip() for c in value.split(",") if c.strip()]
 
 
-# (flag, kwargs) per option group; defaults are SUPPRESSed so that only given flags override.
-CORPUS_OPTIONS: list[tuple[str | tuple[str, ...], dict[str, Any]]] = [
-    ("--text-template", {"help": 'text built per row, default "{title}\\n{description}"'}),
-    ("--text-column", {"help": "use this single column as the text (instead of --text-template)"}),
-    ("--id-column", {"help": "stable document ids from this column (default: row number in the file)"}),
-    ("--empty", {"choices": ["drop", "error"], "help": "rows with empty text: drop (default) or error"}),
-    (
-        "--duplicates",
-        {"choices": ["keep", "drop"], "help": "identical texts: keep (default) or drop repeats"},
-    ),
-    (
-        "--format",
-        {"choices": ["csv", "tsv", "parquet", "jsonl"], "help": "input format (default: by extension)"},
-    ),
-    ("--encoding", {"help": "text encoding of CSV/TSV/JSON-lines input (default utf-8)"}),
-    ("--columns", {"type": _columns, "help": "comma-separated column names for a file without header row"}),
-    ("--limit", {"type": int, "help": "use only the first N rows"}),
-]
-EMBED_OPTIONS: list[tuple[str | tuple[str, ...], dict[str, Any]]] = [
-    ("--model", {"help": "BAAI/bge-m3 (default), a local directory, or a sentence-transformers model id"}),
-    ("--device", {"help": "auto (default), cpu, cuda, cuda:1 ..."}),
-    ("--precision", {"choices": ["auto", "fp32", "bf16", "fp16"], "help": "model precision (default auto)"}),
-    ("--batch-size", {"type": _int_or_none, "help": "documents per batch (default: by token budget)"}),
-    ("--max-length", {"type": int, "help": "max tokens per document (default 512)"}),
-    (
-        ("--restart", "--drop-existing"),
-        {
-            "action": "store_true",
-            "dest": "restart",
-            "default": argparse.SUPPRESS,
-            "help": "drop the stored collection and vectors and re-embed (default: resume what is stored)",
-        },
-    ),
-]
-STORE_OPTIONS: list[tuple[str, dict[str, Any]]] = [
-    (
-        "--milvus-uri",
-        {
-            "help": "Milvus URI: a local file for Milvus Lite, http://host:19530, or local-server (the engine "
-            "runs a standalone Milvus in DIR/milvus_server). Default: DIR/milvus.db (Lite) up to 50k documents, "
-            "local-server above"
-        },
-    ),
-    (
-        "--milvus-token",
-        {"help": "Milvus token (user:password or API key); or set MILVUS_TOKEN. Never printed."},
-    ),
-    ("--db-name", {"help": "Milvus database name (servers only)"}),
-    ("--collection", {"help": "Milvus collection name (default engine_docs)"}),
-    ("--metric", {"choices": ["COSINE", "IP", "L2"], "help": "Milvus metric (default COSINE)"}),
-    ("--index", {"help": "auto (FLAT up to 50k docs, else HNSW), FLAT, IVF_FLAT, IVF_SQ8, HNSW, ..."}),
-    ("--index-params", {"help": 'index build parameters as JSON, e.g. \'{"M": 16, "efConstruction": 200}\''}),
-    ("--search-params", {"help": "search parameters as JSON, e.g. '{\"ef\": 64}' or '{\"nprobe\": 32}'"}),
-]
-GRAPH_OPTIONS: list[tuple[str, dict[str, Any]]] = [
-    (
-        "--graph-source",
-        {"choices": ["milvus", "exact"], "help": "neighbours from Milvus (default) or exact search"},
-    ),
-    ("--k", {"type": int, "help": "neighbours per document in the graph (default 30)"}),
-    (
-        "--workers",
-        {"type": int, "help": "parallel search workers (default: 2 on Milvus Lite, 4 on a server)"},
-    ),
-    ("--search-batch", {"type": int, "help": "query vectors per search request (default 256)"}),
-    (
-        "--target-recall",
-        {
-            "type": float,
-            "help": "raise the search knob (HNSW ef, IVF nprobe) until recall@k on a sample reaches this "
-            "(default 0.95); a knob set in --search-params is kept and only measured",
-        },
-    ),
-    (
-        "--recall-sample",
-        {
-            "type": int,
-            "help": "queries checked against exact neighbours to measure recall (default 1000; 0 = off)",
-        },
-    ),
-]
-CLUSTER_OPTIONS: list[tuple[str, dict[str, Any]]] = [
-    (
-        "--cluster-space",
-        {
-            "choices": ["embedding", "graph"],
-            "help": "embedding (default): a few-dimensional node embedding of the kNN graph, clustered in "
-            "layers (a topic tree); graph: HDBSCAN* directly on the raw kNN graph (one layer)",
-        },
-    ),
-    (
-        "--n-clusters",
-        {"type": _int_or_none, "help": "primary layer of about N clusters (default: chosen by persistence)"},
-    ),
-    (
-        "--assign-noise",
-        {
-            "action": "store_true",
-            "default": argparse.SUPPRESS,
-            "help": "give each noise document the cluster most of its graph neighbours hold "
-            "(labels.parquet column `assigned` marks them)",
-        },
-    ),
-    ("--min-cluster-size", {"type": int, "help": "HDBSCAN min_cluster_size (default 5; finest layer)"}),
-    (
-        "--min-samples",
-        {
-            "type": _int_or_none,
-            "help": "HDBSCAN min_samples (default: 5 in the embedding space, 3 on the graph)",
-        },
-    ),
-    ("--cluster-selection-method", {"choices": ["eom", "leaf"], "help": "HDBSCAN selection (default eom)"}),
-    ("--cluster-selection-epsilon", {"type": float, "help": "HDBSCAN cluster_selection_epsilon (default 0)"}),
-    ("--cluster-backend", {"choices": ["auto", "cpu", "cuml"], "help": "auto: cuML with a GPU, else CPU"}),
-]
-MAP_OPTIONS: list[tuple[str, dict[str, Any]]] = [
-    (
-        "--map-method",
-        {
-            "choices": ["auto", "embedding", "umap"],
-            "help": "embedding: refine the cluster stage's node embedding to 2-D on the graph (auto's choice "
-            "when it exists; minutes at 1M); umap: umap-learn/cuML UMAP of the graph",
-        },
-    ),
-    ("--n-neighbors", {"type": int, "help": "UMAP n_neighbors (default 15, at most --k)"}),
-    ("--min-dist", {"type": float, "help": "UMAP min_dist (default 0.1)"}),
-    (
-        "--map-backend",
-        {"choices": ["auto", "cpu", "cuml"], "help": "auto: cuML UMAP with a GPU, else umap-learn"},
-    ),
-]
-SEED_OPTIONS: list[tuple[str, dict[str, Any]]] = [
-    (
-        "--seed",
-        {
-            "type": _seed,
-            "help": "random seed of the cluster embedding and the map (default 42: identical labels every "
-            "run); none = use every core, results vary",
-        },
-    ),
-]
-REPORT_OPTIONS: list[tuple[str, dict[str, Any]]] = [
-    ("--n-keywords", {"type": int, "help": "keywords per cluster (default 10)"}),
-    ("--n-representatives", {"type": int, "help": "representative documents per cluster (default 5)"}),
-    (
-        "--time-column",
-        {
-            "help": "column of dates: per-cluster counts per day/week/month (by span) and a topics-over-time chart"
-        },
-    ),
-]
+def _argparse_kwargs(name: str) -> dict[str, Any]:
+    """argparse settings of one model field: its help, choices and parser from the field's type."""
+    info = field_info(name)
+    annotation = str(info.annotation)
+    kwargs: dict[str, Any] = {"help": info.description, "dest": name, "default": argparse.SUPPRESS}
+    choices = choices_of(name)
+    if choices:
+        kwargs["choices"] = choices
+    elif info.annotation is bool:
+        kwargs["action"] = "store_true"
+    elif "int" in annotation:
+        kwargs["type"] = _int_or_none if "None" in annotation else int
+    elif "float" in annotation:
+        kwargs["type"] = float
+    elif "list" in annotation:
+        kwargs["type"] = _columns
+    return kwargs
 
-STAGE_GROUPS = {
-    "run": ["corpus", "embed", "store", "graph", "cluster", "map", "seed", "report"],
-    "embed": ["corpus", "embed", "store"],
-    "graph": ["store", "graph"],
-    "cluster": ["graph", "cluster", "seed"],
-    "map": ["map", "seed"],
-    "report": ["report"],
-}
-GROUPS = {
-    "corpus": CORPUS_OPTIONS,
-    "embed": EMBED_OPTIONS,
-    "store": STORE_OPTIONS,
-    "graph": GRAPH_OPTIONS,
-    "cluster": CLUSTER_OPTIONS,
-    "map": MAP_OPTIONS,
-    "seed": SEED_OPTIONS,
-    "report": REPORT_OPTIONS,
-}
+
+def stage_options(stage: str) -> list[tuple[str, list[tuple[tuple[str, ...], dict[str, Any]]]]]:
+    """(group title, [(flags, argparse kwargs)]) of the model's sections this subcommand shows.
+
+    Derived from the settings model: a field ``min_cluster_size`` is ``--min-cluster-size``, with the
+    aliases in its ``flags`` metadata; the corpus file itself is a positional argument.
+    """
+    groups = []
+    for section, model in SECTIONS.items():
+        if stage not in model.STAGES:
+            continue
+        options = []
+        for name, info in model.model_fields.items():
+            if name == "corpus":
+                continue
+            extra = info.json_schema_extra if isinstance(info.json_schema_extra, dict) else {}
+            flags = (flag_of(name), *extra.get("flags", ()))  # type: ignore[misc]
+            options.append((flags, _argparse_kwargs(name)))
+        groups.append((f"{section} options", options))
+    if stage in EngineConfig.SEED_STAGES:
+        groups.append(("seed options", [((flag_of("seed"),), _argparse_kwargs("seed"))]))
+    return groups
+
+
+STAGES = ("run", "embed", "graph", "cluster", "map", "report")
 STAGE_HELP = {
     "run": "run every stage: corpus -> embed -> Milvus -> kNN graph -> cluster layers -> map -> report",
     "embed": "read the corpus and embed it into Milvus and DIR/embeddings.npy (resumable)",
@@ -233,13 +113,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"engine {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for stage, groups in STAGE_GROUPS.items():
+    for stage in STAGES:
         p = sub.add_parser(stage, help=STAGE_HELP[stage], description=STAGE_HELP[stage])
         if stage in ("run", "embed"):
             p.add_argument(
-                "corpus", nargs="?", default=argparse.SUPPRESS, help="CSV, TSV, Parquet or JSON-lines file"
+                "corpus", nargs="?", default=argparse.SUPPRESS, help=field_info("corpus").description
             )
-        p.add_argument("--out", "-o", default=argparse.SUPPRESS, help="run directory (default ./out)")
+        p.add_argument("--out", "-o", default=argparse.SUPPRESS, help=field_info("out").description)
         p.add_argument(
             "--config", default=argparse.SUPPRESS, help="TOML file with options (flags override it)"
         )
@@ -250,12 +130,9 @@ def build_parser() -> argparse.ArgumentParser:
             action="store_true",
             help="also the libraries' own messages (Milvus, Faiss, gRPC)",
         )
-        for group in groups:
-            g = p.add_argument_group(f"{group} options")
-            for flag, kwargs in GROUPS[group]:
-                kwargs = dict(kwargs)
-                kwargs.setdefault("default", argparse.SUPPRESS)
-                flags = flag if isinstance(flag, tuple) else (flag,)
+        for title, options in stage_options(stage):
+            g = p.add_argument_group(title)
+            for flags, kwargs in options:
                 g.add_argument(*flags, **kwargs)
     _add_tool_parsers(sub)
     _add_use_parsers(sub)
@@ -290,12 +167,7 @@ def _saved_config(out: str) -> EngineConfig:
     saved = Path(out) / RUN_CONFIG_NAME
     if not saved.exists():
         raise EngineError(f"{saved} not found: `engine run CORPUS --out {out}` first")
-    options = load_toml(saved)
-    options.pop("restart", None)
-    options["out"] = out
-    config = EngineConfig().updated(options)
-    config.validate()
-    return config
+    return resolve_config({"out": out})
 
 
 def _run_use(args: argparse.Namespace) -> int:
@@ -322,13 +194,13 @@ def _run_use(args: argparse.Namespace) -> int:
 
         corpus = load_corpus(
             args.corpus,
-            text_template=config.text_template,
-            text_column=config.text_column,
-            id_column=config.id_column,
-            empty=config.empty,
-            fmt=config.format,
-            encoding=config.encoding,
-            column_names=config.columns,
+            text_template=config.corpus.text_template,
+            text_column=config.corpus.text_column,
+            id_column=config.corpus.id_column,
+            empty=config.corpus.empty,
+            fmt=config.corpus.format,
+            encoding=config.corpus.encoding,
+            column_names=config.corpus.columns,
         )
         name = Path(args.corpus).name.split(".")[0] or "new"
         out = pipe.assign(corpus.frame, k=args.k, store=args.store, source=Path(args.corpus).name)
@@ -355,23 +227,12 @@ def _add_tool_parsers(sub: argparse._SubParsersAction) -> None:
 
 
 def config_from_args(args: argparse.Namespace) -> EngineConfig:
-    """Defaults < --config < saved run.toml (stage re-runs) < command-line flags."""
+    """Defaults < saved run.toml (stage re-runs) < --config < environment < command-line flags."""
     given = {k: v for k, v in vars(args).items() if k not in ("command", "quiet", "verbose", "config")}
-    for name in ("index_params", "search_params"):
+    for name in DICT_FIELDS:
         if name in given:
             given[name] = parse_json_option(given[name], name.replace("_", "-"))
-    config = EngineConfig()
-    if "config" in vars(args):
-        config = config.updated(load_toml(args.config), source=args.config)
-    out = given.get("out", config.out)
-    saved = Path(out) / RUN_CONFIG_NAME
-    if args.command != "run" and saved.is_file():
-        saved_options = load_toml(saved)
-        saved_options.pop("restart", None)  # a restart is never implied by an earlier run
-        config = config.updated(saved_options, source=str(saved))
-    config = config.updated(given)
-    config.validate()
-    return config
+    return resolve_config(given, config_file=getattr(args, "config", None), saved_run=args.command != "run")
 
 
 def _setup_logging(quiet: bool, verbose: bool = False) -> None:
@@ -396,9 +257,9 @@ def _run_stage(args: argparse.Namespace) -> int:
         "map": [pipe.project],
         "report": [pipe.report, pipe.store_labels],
     }
-    if args.command == "embed" and config.corpus is None:
+    if args.command == "embed" and config.corpus.corpus is None:
         raise EngineError("engine embed needs the corpus file: engine embed CORPUS --out DIR")
-    if args.command == "run" and config.corpus is None:
+    if args.command == "run" and config.corpus.corpus is None:
         raise EngineError("engine run needs the corpus file: engine run CORPUS --out DIR")
     with RunLock(config.out_dir, args.command), pipe:
         if args.command != "run":

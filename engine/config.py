@@ -1,20 +1,47 @@
-"""Run configuration: one flat dataclass, filled from defaults < TOML file < saved run < command line.
+"""Run configuration: one nested, validated settings model (pydantic), built once per command.
 
-Why flat: every option has one name, the same as its command-line flag with ``_`` for ``-``,
-so a TOML file may use plain keys or group them in tables (``[embed]``, ``[cluster]`` ...)
-purely for readability; tables are flattened on load.
+Layout: ``out`` and ``seed`` at the top (the seed is shared by the cluster and map stages), then one
+section per stage: ``corpus``, ``embed``, ``store``, ``graph``, ``cluster``, ``map``, ``report``. Every
+field's name is its command-line flag (``--min-cluster-size`` -> ``cluster.min_cluster_size``); field
+names are unique across sections, so a flat key (``k = 20``, ``ENGINE_K=20``) still names one field.
+
+Precedence (lowest first), see :func:`resolve_config`:
+
+1. built-in defaults (this module);
+2. the run directory's saved ``run.toml`` (stage subcommands: ``engine cluster --out DIR`` ...);
+3. ``--config FILE.toml``;
+4. the environment: ``ENGINE_<FIELD>`` (``ENGINE_K=20``, ``ENGINE_MIN_SAMPLES=none``) and ``MILVUS_URI`` /
+   ``MILVUS_TOKEN``;
+5. command-line flags.
+
+A layer overrides the ones below for every field it really gives, including an explicit ``none`` /
+``auto`` (None): ``--min-samples none`` resets a saved ``min_samples = 8`` to the per-space default.
+Every check lives in the model; a bad value is one line, ``--flag must be ..., got X`` (prefixed by the
+file's path when a TOML file set it), raised as :class:`EngineError`.
 """
 
 from __future__ import annotations
 
 import codecs
 import json
-import math
 import os
 import tomllib
-from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal, get_args, get_origin
+
+import tomli_w
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from engine.errors import EngineError
 
@@ -23,83 +50,205 @@ RUN_CONFIG_NAME = "run.toml"
 #: embedding EVoC's 5 gave the better layers (benchmarks/quality.py).
 GRAPH_MIN_SAMPLES = 3
 EMBEDDING_MIN_SAMPLES = 5
+#: Words that mean None (the default / automatic choice) on the command line, in TOML and the environment.
+NONE_WORDS = ("none", "auto")
 
 
-@dataclass
-class EngineConfig:
-    """Every option of a run. Field names equal the CLI flags (``--min-cluster-size`` -> ``min_cluster_size``)."""
+def _none_word(value: Any) -> Any:
+    """``"none"``/``"auto"`` -> None, so a layer can reset an optional number to its automatic default."""
+    if isinstance(value, str) and value.strip().lower() in NONE_WORDS:
+        return None
+    return value
 
-    # where outputs go
-    out: str = "out"
-    # corpus
-    corpus: str | None = None
-    text_template: str = "{title}\n{description}"
-    text_column: str | None = None
-    id_column: str | None = None
-    empty: str = "drop"
-    duplicates: str = "keep"
-    format: str | None = None
-    encoding: str = "utf-8"
-    columns: list[str] | None = None
-    limit: int | None = None
-    # embed
-    model: str = "BAAI/bge-m3"
-    device: str = "auto"
-    precision: str = "auto"
-    batch_size: int | None = None
-    max_length: int = 512
-    # store
-    milvus_uri: str | None = None  # None -> Lite file <out>/milvus.db, or local-server past 50k docs
-    milvus_token: str | None = field(default=None, repr=False)
-    db_name: str | None = None
-    collection: str = "engine_docs"
-    metric: str = "COSINE"
-    index: str = "auto"  # auto -> FLAT up to 50k documents, HNSW above
-    index_params: dict[str, Any] | None = None
-    search_params: dict[str, Any] | None = None
-    restart: bool = False
-    # graph
-    graph_source: str = "milvus"  # milvus | exact
-    k: int = 30
-    workers: int | None = None  # None -> measured best per backend (Lite 2, server 4)
-    search_batch: int | None = None  # None -> 256 query vectors per request
-    target_recall: float = 0.95  # tune ef/nprobe on a sample until recall@k reaches this
-    recall_sample: int = 1000  # queries with exact neighbours for measuring/tuning recall; 0 = skip
-    # cluster
-    cluster_space: str = "embedding"  # embedding (node embedding of the graph, layers) | graph (raw HDBSCAN*)
-    n_clusters: int | None = None  # ask for a primary layer of about this many clusters
-    assign_noise: bool = False  # give noise documents their neighbours' cluster (labels.parquet `assigned`)
-    min_cluster_size: int = 5
-    min_samples: int | None = None  # None: 3 on the raw graph, 5 in the embedding (EVoC's default)
-    cluster_selection_method: str = "eom"
-    cluster_selection_epsilon: float = 0.0
-    cluster_backend: str = "auto"
-    # map
-    n_neighbors: int = 15
-    min_dist: float = 0.1
-    map_backend: str = "auto"
-    map_method: str = "auto"  # auto: from the cluster embedding when there is one, else UMAP
-    seed: int | None = 42  # None ("none" on the command line): every core, not reproducible
-    # report
-    n_keywords: int = 10
-    n_representatives: int = 5
-    time_column: str | None = None  # dates -> per-cluster counts per day/week/month (topics over time)
+
+def _no_bool(value: Any) -> Any:
+    """pydantic reads True as 1; a boolean is never a count or a ratio here."""
+    if isinstance(value, bool):
+        raise ValueError("bool")
+    return value
+
+
+Int = Annotated[int, BeforeValidator(_no_bool)]
+OptInt = Annotated[int | None, BeforeValidator(_no_bool), BeforeValidator(_none_word)]
+Float = Annotated[float, BeforeValidator(_no_bool)]
+Backend = Literal["auto", "cpu", "cuml"]
+
+
+def opt(default: Any, help: str, *, flags: tuple[str, ...] = (), **constraints: Any) -> Any:
+    """A field whose description is its ``--help`` text; ``flags`` adds aliases to ``--field-name``."""
+    extra = {"flags": list(flags)} if flags else None
+    return Field(default, description=help, json_schema_extra=extra, **constraints)
+
+
+class Section(BaseModel):
+    """One stage's options. ``STAGES``: the subcommands whose ``--help`` shows this section."""
+
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False, validate_assignment=True)
+    STAGES: ClassVar[tuple[str, ...]] = ()
+
+
+class CorpusSettings(Section):
+    STAGES = ("run", "embed")
+    corpus: str | None = opt(None, "CSV, TSV, Parquet or JSON-lines file")
+    text_template: str = opt(
+        "{title}\n{description}", 'text built per row, default "{title}\\n{description}"'
+    )
+    text_column: str | None = opt(None, "use this single column as the text (instead of --text-template)")
+    id_column: str | None = opt(
+        None, "stable document ids from this column (default: row number in the file)"
+    )
+    empty: Literal["drop", "error"] = opt("drop", "rows with empty text: drop (default) or error")
+    duplicates: Literal["keep", "drop"] = opt("keep", "identical texts: keep (default) or drop repeats")
+    format: Literal["csv", "tsv", "parquet", "jsonl"] | None = opt(
+        None, "input format (default: by extension)"
+    )
+    encoding: str = opt("utf-8", "text encoding of CSV/TSV/JSON-lines input (default utf-8)")
+    columns: list[str] | None = opt(None, "comma-separated column names for a file without header row")
+    limit: OptInt = opt(None, "use only the first N rows", ge=1)
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(
+                f"--encoding {value!r} is not a known text encoding (e.g. utf-8, latin-1, gbk)"
+            ) from None
+        return value
+
+
+class EmbedSettings(Section):
+    STAGES = ("run", "embed")
+    model: str = opt(
+        "BAAI/bge-m3", "BAAI/bge-m3 (default), a local directory, or a sentence-transformers model id"
+    )
+    device: str = opt("auto", "auto (default), cpu, cuda, cuda:1 ...")
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = opt("auto", "model precision (default auto)")
+    batch_size: OptInt = opt(None, "documents per batch (default: by token budget)", ge=1, le=65536)
+    max_length: Int = opt(512, "max tokens per document (default 512)", ge=2, le=8192)
+    restart: bool = opt(
+        False,
+        "drop the stored collection and vectors and re-embed (default: resume what is stored)",
+        flags=("--drop-existing",),
+    )
+
+
+class StoreSettings(Section):
+    STAGES = ("run", "embed", "graph")
+    milvus_uri: str | None = opt(
+        None,
+        "Milvus URI: a local file for Milvus Lite, http://host:19530, or local-server (the engine runs a "
+        "standalone Milvus in DIR/milvus_server). Default: DIR/milvus.db (Lite) up to 50k documents, "
+        "local-server above",
+    )
+    milvus_token: SecretStr | None = Field(
+        None,
+        exclude=True,
+        description="Milvus token (user:password or API key); or set MILVUS_TOKEN. Never printed.",
+    )
+    db_name: str | None = opt(None, "Milvus database name (servers only)")
+    collection: str = opt("engine_docs", "Milvus collection name (default engine_docs)")
+    metric: Literal["COSINE", "IP", "L2"] = opt("COSINE", "Milvus metric (default COSINE)")
+    index: str = opt("auto", "auto (FLAT up to 50k docs, else HNSW), FLAT, IVF_FLAT, IVF_SQ8, HNSW, ...")
+    index_params: dict[str, Any] | None = opt(
+        None, 'index build parameters as JSON, e.g. \'{"M": 16, "efConstruction": 200}\''
+    )
+    search_params: dict[str, Any] | None = opt(
+        None, "search parameters as JSON, e.g. '{\"ef\": 64}' or '{\"nprobe\": 32}'"
+    )
+
+    @field_validator("index")
+    @classmethod
+    def _known_index(cls, value: str) -> str:
+        from engine.store import LITE_INDEX_TYPES, SERVER_INDEX_TYPES
+
+        known = ("auto", *dict.fromkeys(LITE_INDEX_TYPES + SERVER_INDEX_TYPES))
+        if value.upper() != "AUTO" and value.upper() not in known:
+            raise ValueError(f"--index must be one of {', '.join(known)}, got {value!r}")
+        return value
+
+    @field_validator("collection")
+    @classmethod
+    def _collection_name(cls, value: str) -> str:
+        from engine.store import check_collection_name
+
+        _as_value_error(check_collection_name, value)
+        return value
+
+    @model_validator(mode="after")
+    def _params_in_range(self) -> StoreSettings:
+        from engine.store import check_index_params
+
+        index = self.index.upper()
+        _as_value_error(check_index_params, self.index_params, "--index-params", index)
+        _as_value_error(check_index_params, self.search_params, "--search-params", index)
+        return self
 
     # ---- derived -------------------------------------------------------------------------
     @property
-    def out_dir(self) -> Path:
-        return Path(self.out)
-
-    @property
     def explicit_milvus_uri(self) -> str | None:
-        """--milvus-uri, else $MILVUS_URI; None means the embedded default (chosen by the Pipeline by corpus size)."""
-        uri = self.milvus_uri or os.environ.get("MILVUS_URI") or None
-        return _strip_credentials(uri)[0] if uri else None
+        """The given URI without credentials; None means the embedded default (chosen by corpus size)."""
+        from engine.store import strip_uri_credentials
+
+        return strip_uri_credentials(self.milvus_uri)[0] if self.milvus_uri else None
+
+    def resolved_milvus_uri(self, out_dir: Path) -> str:
+        """The explicit URI, else the Milvus Lite file in the run directory (before the corpus size is known)."""
+        return self.explicit_milvus_uri or str(out_dir / "milvus.db")
 
     @property
-    def resolved_milvus_uri(self) -> str:
-        """The explicit URI, else the Milvus Lite file in the run directory (before the corpus size is known)."""
-        return self.explicit_milvus_uri or str(self.out_dir / "milvus.db")
+    def resolved_milvus_token(self) -> str | None:
+        """The token, else the user:password part of the URI."""
+        from engine.store import strip_uri_credentials
+
+        if self.milvus_token is not None and self.milvus_token.get_secret_value():
+            return self.milvus_token.get_secret_value()
+        return strip_uri_credentials(self.milvus_uri or "")[1] or None
+
+
+class GraphSettings(Section):
+    STAGES = ("run", "graph", "cluster")
+    graph_source: Literal["milvus", "exact"] = opt(
+        "milvus", "neighbours from Milvus (default) or exact search"
+    )
+    k: Int = opt(30, "neighbours per document in the graph (default 30)", ge=1)
+    workers: OptInt = opt(
+        None, "parallel search workers (default: 2 on Milvus Lite, 4 on a server)", ge=1, le=256
+    )
+    search_batch: OptInt = opt(None, "query vectors per search request (default 256)", ge=1, le=16384)
+    target_recall: Float = opt(
+        0.95,
+        "raise the search knob (HNSW ef, IVF nprobe) until recall@k on a sample reaches this (default 0.95); "
+        "a knob set in --search-params is kept and only measured",
+        gt=0,
+        le=1,
+    )
+    recall_sample: Int = opt(
+        1000, "queries checked against exact neighbours to measure recall (default 1000; 0 = off)", ge=0
+    )
+
+
+class ClusterSettings(Section):
+    STAGES = ("run", "cluster")
+    cluster_space: Literal["embedding", "graph"] = opt(
+        "embedding",
+        "embedding (default): a few-dimensional node embedding of the kNN graph, clustered in layers (a topic "
+        "tree); graph: HDBSCAN* directly on the raw kNN graph (one layer)",
+    )
+    n_clusters: OptInt = opt(None, "primary layer of about N clusters (default: chosen by persistence)", ge=1)
+    assign_noise: bool = opt(
+        False,
+        "give each noise document the cluster most of its graph neighbours hold (labels.parquet column "
+        "`assigned` marks them)",
+    )
+    min_cluster_size: Int = opt(5, "HDBSCAN min_cluster_size (default 5; finest layer)", ge=2)
+    min_samples: OptInt = opt(
+        None, "HDBSCAN min_samples (default: 5 in the embedding space, 3 on the graph)", ge=1
+    )
+    cluster_selection_method: Literal["eom", "leaf"] = opt("eom", "HDBSCAN selection (default eom)")
+    cluster_selection_epsilon: Float = opt(0.0, "HDBSCAN cluster_selection_epsilon (default 0)", ge=0)
+    cluster_backend: Backend = opt("auto", "auto: cuML with a GPU, else CPU")
 
     @property
     def effective_min_samples(self) -> int:
@@ -108,200 +257,296 @@ class EngineConfig:
             return int(self.min_samples)
         return GRAPH_MIN_SAMPLES if self.cluster_space == "graph" else EMBEDDING_MIN_SAMPLES
 
+
+class MapSettings(Section):
+    STAGES = ("run", "map")
+    map_method: Literal["auto", "embedding", "umap"] = opt(
+        "auto",
+        "embedding: refine the cluster stage's node embedding to 2-D on the graph (auto's choice when it "
+        "exists; minutes at 1M); umap: umap-learn/cuML UMAP of the graph",
+    )
+    n_neighbors: Int = opt(15, "UMAP n_neighbors (default 15, at most --k)", ge=2)
+    min_dist: Float = opt(0.1, "UMAP min_dist (default 0.1)", ge=0, le=1)
+    map_backend: Backend = opt("auto", "auto: cuML UMAP with a GPU, else umap-learn")
+
+
+class ReportSettings(Section):
+    STAGES = ("run", "report")
+    n_keywords: Int = opt(10, "keywords per cluster (default 10)", ge=1, le=1000)
+    n_representatives: Int = opt(5, "representative documents per cluster (default 5)", ge=0, le=1000)
+    time_column: str | None = opt(
+        None, "column of dates: per-cluster counts per day/week/month (by span) and a topics-over-time chart"
+    )
+
+
+class EngineConfig(BaseSettings):
+    """Every option of a run, by stage. Build it with :func:`resolve_config` (layers) or directly (defaults)."""
+
+    model_config = SettingsConfigDict(extra="forbid", allow_inf_nan=False, validate_default=True)
+
+    out: str = opt("out", "run directory (default ./out)", flags=("-o",))
+    seed: OptInt = opt(
+        42,
+        "random seed of the cluster embedding and the map (default 42: identical labels every run); none = use "
+        "every core, results vary",
+        ge=0,
+        le=2**32 - 1,
+    )
+    corpus: CorpusSettings = Field(default_factory=CorpusSettings)
+    embed: EmbedSettings = Field(default_factory=EmbedSettings)
+    store: StoreSettings = Field(default_factory=StoreSettings)
+    graph: GraphSettings = Field(default_factory=GraphSettings)
+    cluster: ClusterSettings = Field(default_factory=ClusterSettings)
+    map: MapSettings = Field(default_factory=MapSettings)
+    report: ReportSettings = Field(default_factory=ReportSettings)
+
+    #: subcommands that show the top-level ``--seed``
+    SEED_STAGES: ClassVar[tuple[str, ...]] = ("run", "cluster", "map")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Only the given values: the layers (files, environment, flags) are merged by resolve_config."""
+        return (init_settings,)
+
+    @model_validator(mode="after")
+    def _min_samples_within_k(self) -> EngineConfig:
+        if self.cluster.effective_min_samples > self.graph.k:
+            raise ValueError(
+                f"--min-samples ({self.cluster.effective_min_samples}) must not exceed --k ({self.graph.k}): "
+                "core distances need that many neighbours in the graph"
+            )
+        return self
+
     @property
-    def resolved_milvus_token(self) -> str | None:
-        uri = self.milvus_uri or os.environ.get("MILVUS_URI") or ""
-        return self.milvus_token or os.environ.get("MILVUS_TOKEN") or _strip_credentials(uri)[1] or None
+    def out_dir(self) -> Path:
+        return Path(self.out)
 
-    def validate(self) -> None:
-        """Cheap checks that catch a bad option before any expensive stage runs."""
-        choices = {
-            "empty": ("drop", "error"),
-            "duplicates": ("keep", "drop"),
-            "metric": ("COSINE", "IP", "L2"),
-            "graph_source": ("milvus", "exact"),
-            "cluster_selection_method": ("eom", "leaf"),
-            "cluster_space": ("embedding", "graph"),
-            "cluster_backend": ("auto", "cpu", "cuml"),
-            "map_backend": ("auto", "cpu", "cuml"),
-            "map_method": ("auto", "embedding", "umap"),
-            "device": None,
-            "precision": ("auto", "fp32", "bf16", "fp16"),
-        }
-        for name, allowed in choices.items():
-            value = getattr(self, name)
-            if allowed is not None and value not in allowed:
-                raise EngineError(
-                    f"--{name.replace('_', '-')} must be one of {', '.join(allowed)}, got {value!r}"
-                )
-        positive = (
-            "k",
-            "workers",
-            "search_batch",
-            "n_neighbors",
-            "max_length",
-            "n_keywords",
-        )
-        for name in positive:
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise EngineError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if self.min_cluster_size < 2:
-            raise EngineError(f"--min-cluster-size must be >= 2, got {self.min_cluster_size}")
-        if self.min_samples is not None and self.min_samples < 1:
-            raise EngineError(f"--min-samples must be >= 1, got {self.min_samples}")
-        if self.effective_min_samples > self.k:
-            raise EngineError(
-                f"--min-samples ({self.effective_min_samples}) must not exceed --k ({self.k}): core distances need "
-                "that many neighbours in the graph"
-            )
-        if self.n_clusters is not None and self.n_clusters < 1:
-            raise EngineError(f"--n-clusters must be >= 1, got {self.n_clusters}")
-        if self.seed is not None and (isinstance(self.seed, bool) or not isinstance(self.seed, int)):
-            raise EngineError(
-                f"--seed must be an integer or 'none', got {self.seed!r}"
-            )  # range: _validate_limits
-        if not 0 < self.target_recall <= 1:
-            raise EngineError(f"--target-recall must be within (0, 1], got {self.target_recall}")
-        if self.recall_sample < 0:
-            raise EngineError(f"--recall-sample must be >= 0, got {self.recall_sample}")
-        if self.cluster_selection_epsilon < 0:
-            raise EngineError(
-                f"--cluster-selection-epsilon must be >= 0, got {self.cluster_selection_epsilon}"
-            )
-        if not 0 <= self.min_dist <= 1:
-            raise EngineError(f"--min-dist must be within [0, 1], got {self.min_dist}")
-        self._validate_limits()
+    @classmethod
+    def from_flat(cls, **options: Any) -> EngineConfig:
+        """Defaults with some fields (flat names: ``k=20``) changed, validated; for code and tests."""
+        return build_config([(options, None)])
 
-    def _validate_limits(self) -> None:
-        """Upper bounds, encodings and Milvus names/parameters: what would otherwise fail minutes later."""
-        from engine.store import (
-            LITE_INDEX_TYPES,
-            SERVER_INDEX_TYPES,
-            check_collection_name,
-            check_index_params,
-        )
+    def copy_with(self, **changes: Any) -> EngineConfig:
+        """A validated copy with some fields (flat names) changed."""
+        return build_config([(self.as_flat(), None), (changes, None)])
 
-        ranges = {
-            "limit": (1, None),
-            "batch_size": (1, 65536),
-            "max_length": (2, 8192),
-            "workers": (1, 256),
-            "search_batch": (1, 16384),
-            "n_neighbors": (2, None),
-            "seed": (0, 2**32 - 1),
-            "n_keywords": (1, 1000),
-            "n_representatives": (0, 1000),
-        }
-        for name, (low, high) in ranges.items():
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if value < low or (high is not None and value > high):
-                span = f"within {low}..{high}" if high is not None else f">= {low}"
-                raise EngineError(f"--{name.replace('_', '-')} must be {span}, got {value}")
-        try:
-            codecs.lookup(self.encoding)
-        except LookupError:
-            raise EngineError(
-                f"--encoding {self.encoding!r} is not a known text encoding (e.g. utf-8, latin-1, gbk)"
-            ) from None
-        index = self.index.upper()
-        known = ("auto", *dict.fromkeys(LITE_INDEX_TYPES + SERVER_INDEX_TYPES))
-        if index != "AUTO" and index not in known:
-            raise EngineError(f"--index must be one of {', '.join(known)}, got {self.index!r}")
-        check_collection_name(self.collection)
-        check_index_params(self.index_params, "--index-params", index)
-        check_index_params(self.search_params, "--search-params", index)
+    def as_flat(self) -> dict[str, Any]:
+        """Every field, flat, with the token (for copies in memory; never written)."""
+        flat: dict[str, Any] = {"out": self.out, "seed": self.seed}
+        for name in SECTIONS:
+            flat.update(getattr(self, name).model_dump())
+        token = self.store.milvus_token
+        flat["milvus_token"] = token.get_secret_value() if token is not None else None
+        return flat
 
     # ---- persistence ---------------------------------------------------------------------
-    def to_dict(self, include_secrets: bool = False) -> dict[str, Any]:
-        data = asdict(self)
-        if not include_secrets:
-            data.pop("milvus_token", None)
-            if data.get("milvus_uri"):  # user:password@ in the URI travels as the token, never to disk
-                data["milvus_uri"] = _strip_credentials(data["milvus_uri"])[0]
-        if data.get("seed") is None:
-            data["seed"] = "none"  # TOML has no null; "none" reads back as None
+    def to_toml_dict(self) -> dict[str, Any]:
+        """Nested by section, never the token, no credentials in the URI, None omitted, seed None -> "none"."""
+        data: dict[str, Any] = {"out": self.out, "seed": "none" if self.seed is None else self.seed}
+        for name in SECTIONS:
+            section = {k: v for k, v in getattr(self, name).model_dump().items() if v is not None}
+            if name == "store" and section.get("milvus_uri"):
+                section["milvus_uri"] = self.store.explicit_milvus_uri
+            data[name] = section
         return data
 
     def save(self, path: Path) -> None:
         """Write the resolved configuration (never the token) so stage re-runs reuse it."""
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(dumps_toml(self.to_dict()), encoding="utf-8")
-
-    def updated(self, overrides: dict[str, Any], source: str | None = None) -> EngineConfig:
-        """A copy with the non-None overrides applied (unknown keys and wrong types rejected).
-
-        ``source`` (a TOML file) is named in the error, so a bad value is traced to where it was set.
-        """
-        known = {f.name for f in fields(self)}
-        data = asdict(self)
-        where = f"{source}: " if source else ""
-        for key, value in overrides.items():
-            if key not in known:
-                raise EngineError(f"{where}unknown option {key!r} (known: {', '.join(sorted(known))})")
-            if key == "seed" and isinstance(value, str) and value.lower() in ("none", "auto"):
-                data[key] = None
-            elif value is not None:
-                data[key] = _check_type(key, value, where)
-        return EngineConfig(**data)
+        text = "# engine run configuration (resolved); re-used by per-stage commands\n"
+        path.write_text(text + tomli_w.dumps(self.to_toml_dict()), encoding="utf-8")
 
 
-def _strip_credentials(uri: str) -> tuple[str, str | None]:
-    from engine.store import strip_uri_credentials
+SECTIONS: dict[str, type[Section]] = {
+    name: info.annotation  # type: ignore[misc]
+    for name, info in EngineConfig.model_fields.items()
+    if isinstance(info.annotation, type) and issubclass(info.annotation, Section)
+}
+#: flat field name -> its section (None: top level)
+FIELD_SECTION: dict[str, str | None] = {
+    **{name: None for name in EngineConfig.model_fields if name not in SECTIONS},
+    **{field: section for section, model in SECTIONS.items() for field in model.model_fields},
+}
+#: dict-valued fields: a TOML table under these names is the value, not a section
+DICT_FIELDS = ("index_params", "search_params")
+ENV_PREFIX = "ENGINE_"
+#: the environment names the Milvus client tools share
+ENV_ALIASES = {"MILVUS_URI": "milvus_uri", "MILVUS_TOKEN": "milvus_token"}
 
-    return strip_uri_credentials(uri)
+
+def field_info(name: str) -> FieldInfo:
+    section = FIELD_SECTION[name]
+    model = EngineConfig if section is None else SECTIONS[section]
+    return model.model_fields[name]
 
 
-def _check_type(name: str, value: Any, where: str) -> Any:
-    """The option's value if its type fits the field (an int is accepted for a float), else EngineError."""
-    hint = str(_FIELD_TYPES[name])
-    flag = f"--{name.replace('_', '-')}"
-    expected: tuple[type, ...]
-    if "dict" in hint:
-        expected, word = (dict,), "a table / JSON object"
-    elif "list" in hint:
-        expected, word = (list,), "a list of strings"
-    elif "bool" in hint:
-        expected, word = (bool,), "true or false"
-    elif "float" in hint:
-        expected, word = (int, float), "a number"
-    elif "int" in hint:
-        expected, word = (int,), "an integer"
-    else:
-        expected, word = (str,), "a string"
-    if isinstance(value, bool) and bool not in expected:
-        ok = False
-    else:
-        ok = isinstance(value, expected)
-    if isinstance(value, float) and not math.isfinite(value):
-        raise EngineError(f"{where}{flag} must be a finite number, got {value!r}")
-    if not ok:
-        raise EngineError(f"{where}{flag} must be {word}, got {value!r} ({type(value).__name__})")
-    if isinstance(value, list) and not all(isinstance(v, str) for v in value):
-        raise EngineError(f"{where}{flag} must be {word}, got {value!r}")
+def flag_of(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _as_value_error(check: Any, *args: Any) -> None:
+    """Run a store.py check (EngineError) inside a validator, where pydantic expects ValueError."""
+    try:
+        check(*args)
+    except EngineError as exc:
+        raise ValueError(str(exc)) from None
+
+
+class FlatEnvSource(PydanticBaseSettingsSource):
+    """``ENGINE_<FIELD>`` (flat: field names are unique across sections) plus MILVUS_URI / MILVUS_TOKEN."""
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False
+
+    def flat(self) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        for env_name, name in ENV_ALIASES.items():
+            if os.environ.get(env_name):
+                found[name] = os.environ[env_name]
+        for name in FIELD_SECTION:
+            value = os.environ.get(ENV_PREFIX + name.upper())
+            if value is not None:
+                found[name] = _parse_text(name, value)
+        return found
+
+    def __call__(self) -> dict[str, Any]:
+        return nest(self.flat())
+
+
+def _parse_text(name: str, value: str) -> Any:
+    """A value given as text (environment): JSON tables, comma lists, booleans; numbers are pydantic's."""
+    annotation = str(field_info(name).annotation)
+    if "dict" in annotation:
+        return parse_json_option(value, flag_of(name)[2:])
+    if "list" in annotation:
+        return [c.strip() for c in value.split(",") if c.strip()]
+    if "bool" in annotation and value.strip().lower() in ("1", "true", "yes", "0", "false", "no"):
+        return value.strip().lower() in ("1", "true", "yes")
     return value
 
 
-def flatten_toml(data: dict[str, Any], source: str) -> dict[str, Any]:
-    """Accept plain keys and one level of tables; dict-valued options stay dicts."""
-    dict_options = {"index_params", "search_params"}
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        key = key.replace("-", "_")
-        if isinstance(value, dict) and key not in dict_options:
-            for inner, inner_value in value.items():
-                flat[inner.replace("-", "_")] = inner_value
+def nest(flat: dict[str, Any]) -> dict[str, Any]:
+    """Flat field names -> the model's nested layout."""
+    nested: dict[str, Any] = {}
+    for name, value in flat.items():
+        section = FIELD_SECTION[name]
+        if section is None:
+            nested[name] = value
         else:
-            flat[key] = value
-    known = {f.name for f in fields(EngineConfig)}
-    unknown = sorted(set(flat) - known)
-    if unknown:
-        raise EngineError(f"{source}: unknown option {unknown[0]!r} (known: {', '.join(sorted(known))})")
-    return flat
+            nested.setdefault(section, {})[name] = value
+    return nested
 
 
-def load_toml(path: str | Path) -> dict[str, Any]:
+def build_config(layers: list[tuple[dict[str, Any], str | None]]) -> EngineConfig:
+    """Merge flat layers (lowest first; a present key overrides, even with None) and validate once.
+
+    Each layer is (values, source); ``source`` (a TOML file) prefixes an error about a value it set.
+    """
+    merged: dict[str, Any] = {}
+    source_of: dict[str, str | None] = {}
+    for values, source in layers:
+        for name, value in values.items():
+            if name not in FIELD_SECTION:
+                where = f"{source}: " if source else ""
+                raise EngineError(
+                    f"{where}unknown option {name!r} (known: {', '.join(sorted(FIELD_SECTION))})"
+                )
+            merged[name] = value
+            source_of[name] = source
+    try:
+        return EngineConfig(**nest(merged))
+    except ValidationError as exc:
+        raise EngineError(_one_line(exc, merged, source_of)) from None
+
+
+_TYPE_WORDS = {
+    "int": "an integer",
+    "float": "a number",
+    "bool": "true or false",
+    "string": "a string",
+    "list": "a list of strings",
+    "dict": "a table / JSON object",
+}
+
+
+def _one_line(exc: ValidationError, merged: dict[str, Any], source_of: dict[str, str | None]) -> str:
+    """The first problem as today's one line: ``[FILE: ]--flag must be ..., got X``."""
+    error = exc.errors(include_url=False)[0]
+    loc = [part for part in error["loc"] if isinstance(part, str)]
+    name = next((part for part in reversed(loc) if part in FIELD_SECTION), None)
+    message = str(error.get("ctx", {}).get("error", error["msg"]))
+    if name is None and message.startswith("--"):  # a section check names its flag first
+        name = message[2:].split()[0].rstrip(":").replace("-", "_")
+        name = name if name in FIELD_SECTION else None
+    source = source_of.get(name) if name else None
+    where = f"{source}: " if source else ""
+    kind = error["type"]
+    if kind == "value_error":
+        if message == "bool" and name:
+            value = merged.get(name)
+            word = "a number" if "float" in str(field_info(name).annotation) else "an integer"
+            return f"{where}{flag_of(name)} must be {word}, got {value!r}"
+        return f"{where}{message}"
+    if name is None:
+        return f"{where}{error['msg']}"
+    flag = flag_of(name)
+    info = field_info(name)
+    value = error.get("input", merged.get(name))
+    if kind == "literal_error":
+        allowed = [a for a in _literal_args(info.annotation)]
+        return f"{where}{flag} must be one of {', '.join(map(str, allowed))}, got {value!r}"
+    if kind in ("greater_than_equal", "greater_than", "less_than_equal", "less_than"):
+        return f"{where}{flag} must be {_span(info)}, got {value}"
+    if kind == "finite_number":
+        return f"{where}{flag} must be a finite number, got {value!r}"
+    if kind == "extra_forbidden":
+        return f"{where}unknown option {name!r}"
+    if any(isinstance(part, int) for part in error["loc"]):
+        return f"{where}{flag} must be {_TYPE_WORDS['list']}, got {merged.get(name)!r}"
+    for key, word in _TYPE_WORDS.items():
+        if kind.startswith(key):
+            if key == "int" and "None" in str(info.annotation):
+                word = "an integer or 'none'"
+            return f"{where}{flag} must be {word}, got {value!r} ({type(value).__name__})"
+    return f"{where}{flag}: {error['msg']}, got {value!r}"
+
+
+def _literal_args(annotation: Any) -> list[Any]:
+    if get_origin(annotation) is Literal:
+        return list(get_args(annotation))
+    return [a for arg in get_args(annotation) for a in _literal_args(arg)]
+
+
+def choices_of(name: str) -> list[Any] | None:
+    """The allowed values of a Literal field, for argparse."""
+    return _literal_args(field_info(name).annotation) or None
+
+
+def _span(info: FieldInfo) -> str:
+    """``within 1..256`` / ``>= 2`` / ``within (0, 1]`` from the field's constraints."""
+    bounds = {
+        attr: getattr(m, attr) for m in info.metadata for attr in ("ge", "gt", "le") if hasattr(m, attr)
+    }
+    low = bounds.get("ge", bounds.get("gt"))
+    high = bounds.get("le")
+    is_float = "float" in str(info.annotation)
+    if high is None:
+        return f">= {low}" if "ge" in bounds else f"> {low}"
+    if is_float:
+        return f"within {'[' if 'ge' in bounds else '('}{low}, {high}]"
+    return f"within {low}..{high}"
+
+
+# ---- TOML ----------------------------------------------------------------------------------
+def read_toml(path: str | Path) -> dict[str, Any]:
+    """A TOML file as flat options: nested ``[section]`` tables and the old flat keys both read."""
     path = Path(path)
     if not path.exists():
         raise EngineError(f"config file not found: {path}")
@@ -312,13 +557,24 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     return flatten_toml(data, str(path))
 
 
-def _field_types() -> dict[str, Any]:
-    import typing
-
-    return typing.get_type_hints(EngineConfig)
-
-
-_FIELD_TYPES = _field_types()
+def flatten_toml(data: dict[str, Any], source: str) -> dict[str, Any]:
+    """Tables group fields for readability; dict-valued options (index_params ...) stay dicts."""
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        key = key.replace("-", "_")
+        if isinstance(value, dict) and key not in DICT_FIELDS:
+            if key not in SECTIONS:
+                raise EngineError(f"{source}: unknown section [{key}] (known: {', '.join(SECTIONS)})")
+            for inner, inner_value in value.items():
+                flat[inner.replace("-", "_")] = inner_value
+        else:
+            flat[key] = value
+    unknown = sorted(set(flat) - set(FIELD_SECTION))
+    if unknown:
+        raise EngineError(
+            f"{source}: unknown option {unknown[0]!r} (known: {', '.join(sorted(FIELD_SECTION))})"
+        )
+    return flat
 
 
 def parse_json_option(value: str | None, name: str) -> dict[str, Any] | None:
@@ -334,25 +590,28 @@ def parse_json_option(value: str | None, name: str) -> dict[str, Any] | None:
     return parsed
 
 
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value, ensure_ascii=False)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    if isinstance(value, dict):
-        return "{ " + ", ".join(f"{json.dumps(str(k))} = {_toml_value(v)}" for k, v in value.items()) + " }"
-    raise TypeError(f"cannot write {type(value).__name__} to TOML")
+def resolve_config(
+    flags: dict[str, Any],
+    *,
+    config_file: str | None = None,
+    saved_run: bool = True,
+    environ: bool = True,
+) -> EngineConfig:
+    """defaults < DIR/run.toml (when ``saved_run``) < ``config_file`` < environment < ``flags``.
 
-
-def dumps_toml(data: dict[str, Any]) -> str:
-    """Minimal TOML writer for flat configs (None values are omitted: TOML has no null)."""
-    lines = ["# engine run configuration (resolved); re-used by per-stage commands"]
-    for key, value in data.items():
-        if value is None:
-            continue
-        lines.append(f"{key} = {_toml_value(value)}")
-    return "\n".join(lines) + "\n"
+    ``flags`` holds only the options really given (flat names); ``out`` picks the run directory.
+    """
+    layers: list[tuple[dict[str, Any], str | None]] = []
+    file_options = read_toml(config_file) if config_file else {}
+    env_options = FlatEnvSource(EngineConfig).flat() if environ else {}
+    out = flags.get(
+        "out", env_options.get("out", file_options.get("out", EngineConfig.model_fields["out"].default))
+    )
+    saved = Path(out) / RUN_CONFIG_NAME
+    if saved_run and saved.is_file():
+        saved_options = read_toml(saved)
+        saved_options.pop("restart", None)  # a restart is never implied by an earlier run
+        saved_options.pop("out", None)  # the directory it was found in, wherever it was written
+        layers.append((saved_options, str(saved)))
+    layers += [(file_options, config_file), (env_options, None), (flags, None)]
+    return build_config(layers)

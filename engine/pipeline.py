@@ -181,7 +181,7 @@ def resolve_index(index: str, n_documents: int, index_params: dict | None) -> tu
 class Pipeline:
     """corpus -> embed -> store -> graph -> cluster -> project -> report, in one run directory.
 
-    >>> pipe = Pipeline(EngineConfig(corpus="news.csv", out="out", model="all-MiniLM-L6-v2"))
+    >>> pipe = Pipeline(EngineConfig.from_flat(corpus="news.csv", out="out", model="all-MiniLM-L6-v2"))
     >>> summary = pipe.run()
     >>> pipe.labels_.head()          # pandas DataFrame: id, text, cluster, probability, ...
     """
@@ -216,7 +216,9 @@ class Pipeline:
 
     def resolved_milvus_uri(self) -> str:
         """--milvus-uri, else $MILVUS_URI, else the embedded default for this corpus size."""
-        return self.config.explicit_milvus_uri or choose_embedded_milvus(self.paths.root, len(self.frame))
+        return self.config.store.explicit_milvus_uri or choose_embedded_milvus(
+            self.paths.root, len(self.frame)
+        )
 
     def milvus_uri(self) -> str:
         """The URI to connect to; starts the engine-managed local server for ``local-server``."""
@@ -296,18 +298,18 @@ class Pipeline:
         from engine.store import MilvusStore
 
         cfg = self.config
-        index_type, index_params = resolve_index(cfg.index, len(self.frame), cfg.index_params)
+        index_type, index_params = resolve_index(cfg.store.index, len(self.frame), cfg.store.index_params)
         self.details_["index"] = index_type
         store = MilvusStore(
             uri=self.milvus_uri(),
-            token=cfg.resolved_milvus_token,
-            collection=cfg.collection,
+            token=cfg.store.resolved_milvus_token,
+            collection=cfg.store.collection,
             dim=dim,
-            metric=cfg.metric,
+            metric=cfg.store.metric,
             index_type=index_type,
             index_params=index_params,
-            search_params=cfg.search_params,
-            db_name=cfg.db_name,
+            search_params=cfg.store.search_params,
+            db_name=cfg.store.db_name,
         )
         if self._server is not None:
             server = self._server
@@ -320,20 +322,20 @@ class Pipeline:
         from engine.corpus import load_corpus
 
         cfg = self.config
-        if cfg.corpus is None:
+        if cfg.corpus.corpus is None:
             return self.frame
         with self._stage("corpus"):
             corpus = load_corpus(
-                cfg.corpus,
-                text_template=cfg.text_template,
-                text_column=cfg.text_column,
-                id_column=cfg.id_column,
-                empty=cfg.empty,
-                duplicates=cfg.duplicates,
-                fmt=cfg.format,
-                encoding=cfg.encoding,
-                column_names=cfg.columns,
-                limit=cfg.limit,
+                cfg.corpus.corpus,
+                text_template=cfg.corpus.text_template,
+                text_column=cfg.corpus.text_column,
+                id_column=cfg.corpus.id_column,
+                empty=cfg.corpus.empty,
+                duplicates=cfg.corpus.duplicates,
+                fmt=cfg.corpus.format,
+                encoding=cfg.corpus.encoding,
+                column_names=cfg.corpus.columns,
+                limit=cfg.corpus.limit,
             )
             self.paths.root.mkdir(parents=True, exist_ok=True)
             frame = corpus.frame
@@ -351,9 +353,9 @@ class Pipeline:
             corpus.stats["documents"],
             corpus.stats["rows_read"],
             corpus.stats["empty_texts"],
-            "dropped" if cfg.empty == "drop" else "",
+            "dropped" if cfg.corpus.empty == "drop" else "",
             corpus.stats["duplicate_texts"],
-            "dropped" if cfg.duplicates == "drop" else "kept",
+            "dropped" if cfg.corpus.duplicates == "drop" else "kept",
         )
         return frame
 
@@ -366,14 +368,14 @@ class Pipeline:
 
         cfg = self.config
         n = len(self.frame)
-        if graph and cfg.k >= n:
+        if graph and cfg.graph.k >= n:
             raise EngineError(
-                f"--k ({cfg.k}) must be smaller than the number of documents ({n}): pass --k {max(1, n - 1)} "
+                f"--k ({cfg.graph.k}) must be smaller than the number of documents ({n}): pass --k {max(1, n - 1)} "
                 "or less"
             )
         uri = self.resolved_milvus_uri()
         lite = uri != LOCAL_SERVER_URI and is_lite_uri(uri)
-        index_type, _ = resolve_index(cfg.index, n, cfg.index_params)
+        index_type, _ = resolve_index(cfg.store.index, n, cfg.store.index_params)
         allowed = LITE_INDEX_TYPES if lite else SERVER_INDEX_TYPES
         if index_type not in allowed:
             raise EngineError(
@@ -393,14 +395,14 @@ class Pipeline:
         meta = self._embeddings_meta()
         with self._stage("embed"):
             encoder = load_encoder(
-                cfg.model,
-                device=cfg.device,
-                precision=cfg.precision,
-                max_length=cfg.max_length,
-                batch_size=cfg.batch_size,
+                cfg.embed.model,
+                device=cfg.embed.device,
+                precision=cfg.embed.precision,
+                max_length=cfg.embed.max_length,
+                batch_size=cfg.embed.batch_size,
             )
             self._warn_language(encoder.name)
-            if meta and not cfg.restart and meta.get("model") != encoder.name:
+            if meta and not cfg.embed.restart and meta.get("model") != encoder.name:
                 raise EngineError(
                     f"{self.paths.embeddings} holds vectors of model {meta.get('model')!r}, not {encoder.name!r}: "
                     "add --restart to re-embed, or use another --out"
@@ -412,9 +414,9 @@ class Pipeline:
                     encoder,
                     store,
                     self.paths.embeddings,
-                    restart=cfg.restart,
+                    restart=cfg.embed.restart,
                     progress=self.progress,
-                    fingerprint_key=f"{encoder.name}|{encoder.dim}|max_length={cfg.max_length}",
+                    fingerprint_key=f"{encoder.name}|{encoder.dim}|max_length={cfg.embed.max_length}",
                 )
             self._write_embeddings_meta(encoder, complete=True)
         self.ingest_ = result
@@ -438,12 +440,14 @@ class Pipeline:
 
         cfg = self.config
         vectors = self.vectors()
-        if cfg.k >= len(vectors):
-            raise EngineError(f"--k ({cfg.k}) must be smaller than the number of documents ({len(vectors)})")
+        if cfg.graph.k >= len(vectors):
+            raise EngineError(
+                f"--k ({cfg.graph.k}) must be smaller than the number of documents ({len(vectors)})"
+            )
         with self._stage("graph"):
-            if cfg.graph_source == "exact":
-                graph = exact_knn(vectors, cfg.k)
-                self.details_["graph"] = f"exact k={cfg.k}"
+            if cfg.graph.graph_source == "exact":
+                graph = exact_knn(vectors, cfg.graph.k)
+                self.details_["graph"] = f"exact k={cfg.graph.k}"
             else:
                 ids = self.frame["id"].to_numpy(dtype=np.int64)
                 with self.open_store(dim=vectors.shape[1]) as store:
@@ -455,17 +459,17 @@ class Pipeline:
                         store,
                         vectors,
                         ids,
-                        k=cfg.k,
-                        workers=cfg.workers,
-                        batch_size=cfg.search_batch,
+                        k=cfg.graph.k,
+                        workers=cfg.graph.workers,
+                        batch_size=cfg.graph.search_batch,
                         progress=self.progress,
                         search_params=tuning.search_params if tuning else None,
                     )
-                self.details_["graph"] = f"milvus {self.details_.get('index', '')} k={cfg.k}"
+                self.details_["graph"] = f"milvus {self.details_.get('index', '')} k={cfg.graph.k}"
                 if tuning is not None:
                     graph.meta["recall_check"] = tuning.to_dict()
                     self.details_["graph"] += (
-                        f", recall@{cfg.k} {tuning.recall:.3f} on {tuning.sample:,} sampled queries "
+                        f", recall@{cfg.graph.k} {tuning.recall:.3f} on {tuning.sample:,} sampled queries "
                         f"(search {tuning.search_params}{'' if tuning.met else ', BELOW target'})"
                     )
             graph.save(self.paths.root)
@@ -477,22 +481,26 @@ class Pipeline:
         from engine.graph.tune import EXACT_INDEXES, SEARCH_KNOBS, tune_search_params
 
         cfg = self.config
-        if not cfg.recall_sample or store.index_type in EXACT_INDEXES:
+        if not cfg.graph.recall_sample or store.index_type in EXACT_INDEXES:
             return None
-        user_params = dict(cfg.search_params or {})
+        user_params = dict(cfg.store.search_params or {})
         knob = SEARCH_KNOBS.get(store.index_type)
-        log.info("graph: checking recall@%d on %d sampled queries", cfg.k, min(cfg.recall_sample, len(ids)))
+        log.info(
+            "graph: checking recall@%d on %d sampled queries",
+            cfg.graph.k,
+            min(cfg.graph.recall_sample, len(ids)),
+        )
         return tune_search_params(
             store,
             vectors,
             ids,
-            k=cfg.k,
-            target_recall=cfg.target_recall,
-            sample=cfg.recall_sample,
+            k=cfg.graph.k,
+            target_recall=cfg.graph.target_recall,
+            sample=cfg.graph.recall_sample,
             search_params=user_params,
             tune=knob is not None and knob not in user_params,
-            workers=cfg.workers,
-            batch_size=cfg.search_batch,
+            workers=cfg.graph.workers,
+            batch_size=cfg.graph.search_batch,
             seed=cfg.seed,
             progress=False,
         )
@@ -514,18 +522,18 @@ class Pipeline:
         cfg = self.config
         graph = self._graph()
         with self._stage("cluster"):
-            if cfg.cluster_space == "graph":
+            if cfg.cluster.cluster_space == "graph":
                 result = cluster_graph(
                     graph,
-                    min_cluster_size=cfg.min_cluster_size,
-                    min_samples=cfg.effective_min_samples,
-                    cluster_selection_method=cfg.cluster_selection_method,
-                    cluster_selection_epsilon=cfg.cluster_selection_epsilon,
-                    backend=cfg.cluster_backend,
-                    vectors=self.vectors() if cfg.cluster_backend != "cpu" else None,
+                    min_cluster_size=cfg.cluster.min_cluster_size,
+                    min_samples=cfg.cluster.effective_min_samples,
+                    cluster_selection_method=cfg.cluster.cluster_selection_method,
+                    cluster_selection_epsilon=cfg.cluster.cluster_selection_epsilon,
+                    backend=cfg.cluster.cluster_backend,
+                    vectors=self.vectors() if cfg.cluster.cluster_backend != "cpu" else None,
                 )
                 result.noise_before = result.noise_fraction
-                if cfg.assign_noise:
+                if cfg.cluster.assign_noise:
                     labels, assigned = assign_noise(result.labels, graph.indices, graph.distances)
                     result.labels, result.assigned = labels, assigned
                 self.details_["cluster"] = f"HDBSCAN* on the kNN graph ({result.backend})"
@@ -533,10 +541,10 @@ class Pipeline:
             else:
                 result = cluster_embedding_space(
                     graph,
-                    min_cluster_size=cfg.min_cluster_size,
-                    min_samples=cfg.effective_min_samples,
-                    n_clusters=cfg.n_clusters,
-                    assign=cfg.assign_noise,
+                    min_cluster_size=cfg.cluster.min_cluster_size,
+                    min_samples=cfg.cluster.effective_min_samples,
+                    n_clusters=cfg.cluster.n_clusters,
+                    assign=cfg.cluster.assign_noise,
                     seed=cfg.seed,
                     vectors=self.vectors(),
                 )
@@ -562,7 +570,7 @@ class Pipeline:
                 save["primary"] = np.int64(result.layers.primary)
             np.savez(self.paths.clusters_npz, **save)
         noise_after = result.noise_fraction
-        if cfg.assign_noise:
+        if cfg.cluster.assign_noise:
             self.details_["noise"] = (
                 f"{result.noise_before:.1%} before --assign-noise, {noise_after:.1%} after"
             )
@@ -594,8 +602,10 @@ class Pipeline:
 
         cfg = self.config
         graph = self._graph()
-        use_embedding = cfg.map_method == "embedding" or (
-            cfg.map_method == "auto" and self.paths.cluster_embedding.exists() and cfg.map_backend != "cuml"
+        use_embedding = cfg.map.map_method == "embedding" or (
+            cfg.map.map_method == "auto"
+            and self.paths.cluster_embedding.exists()
+            and cfg.map.map_backend != "cuml"
         )
         if use_embedding:
             emb = np.load(self._require(self.paths.cluster_embedding, "cluster"))
@@ -611,11 +621,11 @@ class Pipeline:
             self.details_["map"] = "UMAP of the graph"
             coords = project_2d(
                 graph,
-                n_neighbors=min(cfg.n_neighbors, graph.indices.shape[1]),
-                min_dist=cfg.min_dist,
+                n_neighbors=min(cfg.map.n_neighbors, graph.indices.shape[1]),
+                min_dist=cfg.map.min_dist,
                 random_state=cfg.seed,
-                backend=cfg.map_backend,
-                vectors=self.vectors() if cfg.map_backend != "cpu" else None,
+                backend=cfg.map.map_backend,
+                vectors=self.vectors() if cfg.map.map_backend != "cpu" else None,
             )
             np.save(self.paths.coords, coords)
         self.coords_ = coords
@@ -653,7 +663,7 @@ class Pipeline:
                 for i, layer in enumerate(layers):
                     layer_columns.append(f"layer_{i}")
                     columns[f"layer_{i}"] = layer.astype(np.int64)
-            if cfg.assign_noise and "assigned" in clusters:
+            if cfg.cluster.assign_noise and "assigned" in clusters:
                 columns["assigned"] = clusters["assigned"].astype(bool)
             labels = pd.DataFrame(columns)
             output = with_source_columns(labels, frame, self.corpus_stats_)
@@ -664,21 +674,23 @@ class Pipeline:
                     layers,
                     int(clusters["primary"]),
                     strengths=clusters.get("layer_strengths"),
-                    n_keywords=cfg.n_keywords,
-                    n_representatives=cfg.n_representatives,
+                    n_keywords=cfg.report.n_keywords,
+                    n_representatives=cfg.report.n_representatives,
                     vectors=self.vectors(),
                 )
             else:
                 report = build_report(
                     labels,
-                    n_keywords=cfg.n_keywords,
-                    n_representatives=cfg.n_representatives,
+                    n_keywords=cfg.report.n_keywords,
+                    n_representatives=cfg.report.n_representatives,
                     vectors=self.vectors(),
                 )
             report.over_time = self._over_time(frame, labels["cluster"].to_numpy())
-            warning = self._warn_language(self._embeddings_meta().get("model") or cfg.model)
+            warning = self._warn_language(self._embeddings_meta().get("model") or cfg.embed.model)
             report.warnings = [warning] if warning else []
-            source = Path(self.config.corpus).name if self.config.corpus else self.paths.root.name
+            source = (
+                Path(self.config.corpus.corpus).name if self.config.corpus.corpus else self.paths.root.name
+            )
             title = f"Document map: {source}"
             write_map(  # first: report.html links to the map only when map.html exists
                 labels,
@@ -698,7 +710,7 @@ class Pipeline:
         from engine.corpus import source_columns
         from engine.timeline import parse_times
 
-        column = self.config.time_column
+        column = self.config.report.time_column
         if not column:
             return None
         stored = {v: k for k, v in source_columns(frame, self.corpus_stats_).items()}
@@ -715,7 +727,7 @@ class Pipeline:
         times = self._time_values(frame)
         if times is None:
             return None
-        column = self.config.time_column
+        column = self.config.report.time_column
         result = topics_over_time(labels, times, column)
         log.info(
             "report: topics over time by %s, %d periods of a %s",
@@ -790,11 +802,11 @@ class Pipeline:
         cfg = self.config
         meta = self._embeddings_meta()
         encoder = load_encoder(
-            cfg.model,
-            device=cfg.device,
-            precision=cfg.precision,
-            max_length=cfg.max_length,
-            batch_size=cfg.batch_size,
+            cfg.embed.model,
+            device=cfg.embed.device,
+            precision=cfg.embed.precision,
+            max_length=cfg.embed.max_length,
+            batch_size=cfg.embed.batch_size,
         )
         if meta and meta.get("model") not in (None, encoder.name):
             raise EngineError(
@@ -851,7 +863,7 @@ class Pipeline:
         columns = self._label_columns(labels)
         run_ids = labels[engine_id_column(labels)].to_numpy(dtype=np.int64)
         graph = self._graph()
-        m = self.config.min_samples or self.config.min_cluster_size
+        m = self.config.cluster.min_samples or self.config.cluster.min_cluster_size
         encoder = self._encoder()
         with self._stage("assign"):
             vectors = encoder.encode(texts) if texts else np.empty((0, encoder.dim), np.float32)
@@ -890,7 +902,6 @@ class Pipeline:
     # ---- whole run -----------------------------------------------------------------------
     def run(self) -> RunSummary:
         """Every stage in order; returns (and saves) the summary."""
-        self.config.validate()
         try:
             self.load_corpus()
             self.check_before_embed(graph=True)
@@ -916,7 +927,7 @@ class Pipeline:
         )
         if summary.clusters == 0:
             summary.details["hint"] = zero_cluster_hint(
-                len(labels), int(labels["text"].nunique()), self.config.min_cluster_size
+                len(labels), int(labels["text"].nunique()), self.config.cluster.min_cluster_size
             )
         if "assigned" in labels.columns:
             after = summary.noise
@@ -943,7 +954,11 @@ class Pipeline:
                 f"{r.n_embedded} embedded ({r.n_changed} of them changed since stored), {r.n_existing} already "
                 f"stored, {r.n_vanished} dropped (no longer in the corpus), {r.docs_per_s:.1f} docs/s"
             )
-        uri = self.resolved_milvus_uri() if self.paths.corpus.exists() else self.config.resolved_milvus_uri
+        uri = (
+            self.resolved_milvus_uri()
+            if self.paths.corpus.exists()
+            else self.config.store.resolved_milvus_uri(self.config.out_dir)
+        )
         summary.details["milvus"] = (
             f"local server ({self.paths.root / 'milvus_server'})"
             if uri == LOCAL_SERVER_URI

@@ -34,12 +34,12 @@ INDEX_FOR_PARAM = {
 
 
 def numeric_options() -> list[str]:
-    """Flags of ``engine run`` whose argparse type is numeric."""
+    """Flags of ``engine run`` whose argparse type is numeric (derived from the settings model)."""
     flags = []
-    for group in cli.STAGE_GROUPS["run"]:
-        for flag, kwargs in cli.GROUPS[group]:
+    for _title, options in cli.stage_options("run"):
+        for names, kwargs in options:
             if kwargs.get("type") in (int, float, cli._int_or_none):
-                flags.append(flag if isinstance(flag, str) else flag[0])
+                flags.append(names[0])
     return flags
 
 

@@ -25,7 +25,7 @@ def test_resolve_index_auto():
 
 
 def test_api_returns_pandas_and_exact_graph_matches_milvus_flat(tmp_path, shared_data_dir):
-    config = EngineConfig(
+    config = EngineConfig.from_flat(
         corpus=headlines(shared_data_dir),
         out=str(tmp_path / "run"),
         model="all-MiniLM-L6-v2",
@@ -42,7 +42,7 @@ def test_api_returns_pandas_and_exact_graph_matches_milvus_flat(tmp_path, shared
     exact = pipe.graph_
 
     # the Milvus (FLAT) graph stage on the same run directory gives the same neighbours
-    milvus_pipe = Pipeline(config.updated({"graph_source": "milvus", "corpus": None}), progress=False)
+    milvus_pipe = Pipeline(config.copy_with(graph_source="milvus", corpus=None), progress=False)
     graph = milvus_pipe.build_graph()
     same = np.mean([len(set(a) & set(b)) / len(a) for a, b in zip(graph.indices, exact.indices, strict=True)])
     assert same > 0.99  # ties at equal distance may order differently
@@ -50,7 +50,7 @@ def test_api_returns_pandas_and_exact_graph_matches_milvus_flat(tmp_path, shared
 
 
 def test_stage_without_its_inputs_names_the_missing_step(tmp_path):
-    pipe = Pipeline(EngineConfig(out=str(tmp_path / "empty")), progress=False)
+    pipe = Pipeline(EngineConfig.from_flat(out=str(tmp_path / "empty")), progress=False)
     with pytest.raises(EngineError, match="embeddings.npy not found: run `engine embed CORPUS"):
         pipe.build_graph()
 
@@ -58,7 +58,7 @@ def test_stage_without_its_inputs_names_the_missing_step(tmp_path):
 @pytest.mark.server
 @pytest.mark.skipif(importlib.util.find_spec("milvus") is None, reason="PyPI package `milvus` not installed")
 def test_engine_managed_local_server(tmp_path, shared_data_dir):
-    config = EngineConfig(
+    config = EngineConfig.from_flat(
         corpus=headlines(shared_data_dir),
         out=str(tmp_path / "run"),
         model="all-MiniLM-L6-v2",
@@ -96,7 +96,7 @@ def test_embedded_default_by_corpus_size_and_existing_store(tmp_path, monkeypatc
 
 
 def test_graph_stage_tunes_and_reports_recall(tmp_path, shared_data_dir):
-    config = EngineConfig(
+    config = EngineConfig.from_flat(
         corpus=headlines(shared_data_dir),
         out=str(tmp_path / "run"),
         model="all-MiniLM-L6-v2",
@@ -116,6 +116,6 @@ def test_graph_stage_tunes_and_reports_recall(tmp_path, shared_data_dir):
     assert check["met"] == (check["recall"] >= 0.97)
     assert "recall@10" in pipe.details_["graph"]
     # a knob the user set is kept and only measured
-    fixed = Pipeline(config.updated({"search_params": {"ef": 11}, "corpus": None}), progress=False)
+    fixed = Pipeline(config.copy_with(search_params={"ef": 11}, corpus=None), progress=False)
     graph = fixed.build_graph()
     assert [t["search_params"] for t in graph.meta["recall_check"]["trials"]] == [{"ef": 11}]

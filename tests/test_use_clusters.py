@@ -168,7 +168,7 @@ def test_milvus_filter_on_cluster_on_the_server(tmp_path, shared_data_dir, milvu
     from engine.config import EngineConfig
     from engine.pipeline import Pipeline
 
-    config = EngineConfig(
+    config = EngineConfig.from_flat(
         corpus=os.path.join(shared_data_dir, "news_headlines_2024", "news_data_dedup.csv"),
         out=str(tmp_path / "run"),
         model="all-MiniLM-L6-v2",
@@ -184,16 +184,16 @@ def test_milvus_filter_on_cluster_on_the_server(tmp_path, shared_data_dir, milvu
         assert len(clusters_of(labels)) >= 2
         client = MilvusClient(milvus_server)
         try:
-            check_filter(client, config.collection, labels, "id")
+            check_filter(client, config.store.collection, labels, "id")
             # re-clustering rewrites the fields, without duplicating rows
             shifted = labels.assign(cluster=np.where(labels.cluster >= 0, labels.cluster + 100, -1))
             pipe.labels_ = shifted
             pipe.store_labels()
-            check_filter(client, config.collection, shifted, "id")
-            rows = client.query(config.collection, filter="id >= 0", output_fields=["id"], limit=16384)
+            check_filter(client, config.store.collection, shifted, "id")
+            rows = client.query(config.store.collection, filter="id >= 0", output_fields=["id"], limit=16384)
             assert len(rows) == 200
         finally:
-            client.drop_collection(config.collection)
+            client.drop_collection(config.store.collection)
             client.close()
 
 
