@@ -25,12 +25,11 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from engine.cluster import cluster_graph  # noqa: E402
 from engine.config import EngineConfig  # noqa: E402
-from engine.graph import build_knn_graph, exact_knn, tune_search_params  # noqa: E402
+from engine.graph import exact_knn  # noqa: E402
 from engine.graph.tune import sample_rows  # noqa: E402
 from engine.pipeline import Pipeline  # noqa: E402
-from engine.project import project_2d  # noqa: E402
+from engine.stages import build_graph, cluster, layout  # noqa: E402
 
 
 class PeakRSS:
@@ -145,22 +144,31 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps({"model": "precomputed", "dim": dim, "n": n, "complete": True})
     )
 
+    tune = args.target_recall is not None
     config = EngineConfig.from_flat(
         out=str(run_dir),
         milvus_uri=args.milvus_uri,
         index=args.index,
         index_params=json.loads(args.index_params),
-        search_params=json.loads(args.search_params),
+        # --target-recall: the graph stage tunes the knob from its ladder; else the given knob, unmeasured
+        search_params=None if tune else json.loads(args.search_params),
+        target_recall=args.target_recall if tune else 0.95,
+        recall_sample=args.tune_sample if tune else 0,
         k=args.k,
+        cluster_space="graph",
+        cluster_backend="cpu",
         min_cluster_size=args.min_cluster_size,
         min_samples=args.min_samples,
+        map_method="umap",
+        map_backend="cpu",
+        n_neighbors=args.n_neighbors,
         restart=True,
     )
     stages: dict[str, dict[str, float]] = {}
 
-    def record(name: str, start: float) -> None:
+    def record(name: str, start: float, seconds: float | None = None) -> None:
         stages[name] = {
-            "seconds": round(time.perf_counter() - start, 2),
+            "seconds": round(seconds if seconds is not None else time.perf_counter() - start, 2),
             "peak_rss_mb": round(rss.peak / 2**20, 1),
         }
         print(
@@ -191,42 +199,21 @@ def main(argv: list[str] | None = None) -> int:
         if not reuse:
             store.flush()
             record("insert", t)
-            rss.reset()
-            t = time.perf_counter()
-            index_params = store.build_index()
-            record("index", t)
-        else:
-            index_params = {"reused": True}
-
+        # The graph stage that `engine graph` runs: index build, recall check/tuning, search of every vector.
         rss.reset()
         t = time.perf_counter()
-        search_params = json.loads(args.search_params)
-        tuning = None
-        if args.target_recall is not None:
-            tuning = tune_search_params(
-                store,
-                vectors,
-                ids,
-                k=args.k,
-                target_recall=args.target_recall,
-                sample=args.tune_sample,
-                search_params=None,
-                workers=config.graph.workers,
-                batch_size=config.graph.search_batch,
-            )
-            search_params = tuning.search_params
-            print(f"tuned search params {search_params}: {tuning.trials}", flush=True)
-        graph = build_knn_graph(
-            store,
-            vectors,
-            ids,
-            k=args.k,
-            workers=config.graph.workers,
-            batch_size=config.graph.search_batch,
-            search_params=search_params,
+        graph = build_graph(
+            vectors, ids, config.graph, store, pipe.paths, seed=0, progress=True, rebuild_index=not reuse
         )
-        graph.save(run_dir)
-        record("graph", t)
+        steps = graph.meta["seconds"]
+        if not reuse:
+            record("index", t, steps["index"])
+        record("graph", t, steps["recall_check"] + steps["search"])
+        index_params = {"reused": True} if reuse else store.index_params
+        tuning = graph.meta.get("recall_check")
+        search_params = tuning["search_params"] if tuning else config.store.search_params
+        if tuning:
+            print(f"tuned search params {search_params}: {tuning['trials']}", flush=True)
         store.close()
 
     sample = sample_rows(n, args.recall_sample, seed=0)
@@ -237,15 +224,13 @@ def main(argv: list[str] | None = None) -> int:
 
     rss.reset()
     t = time.perf_counter()
-    result = cluster_graph(
-        graph, min_cluster_size=args.min_cluster_size, min_samples=args.min_samples, backend="cpu"
-    )
+    result = cluster(graph, vectors, config.cluster, seed=config.seed)
     record("hdbscan", t)
 
     if not args.no_umap:
         rss.reset()
         t = time.perf_counter()
-        coords = project_2d(graph, n_neighbors=args.n_neighbors, vectors=vectors, backend="cpu")
+        coords, _ = layout(graph, config.map, seed=config.seed, vectors=vectors)
         record("umap", t)
         assert np.isfinite(coords).all()
     rss.stop()
@@ -256,9 +241,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.compare_exact:
         t = time.perf_counter()
         full_exact = exact_knn(vectors, args.k)
-        exact_result = cluster_graph(
-            full_exact, min_cluster_size=args.min_cluster_size, min_samples=args.min_samples, backend="cpu"
-        )
+        exact_result = cluster(full_exact, vectors, config.cluster, seed=config.seed)
         exact_graph = {
             "seconds": round(time.perf_counter() - t, 1),
             "recall@k_full": round(float(graph.recall_against(full_exact)), 4),
@@ -284,7 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             "build_params": index_params,
             "search_params": search_params,
         },
-        "tuning": tuning.to_dict() if tuning is not None else None,
+        "tuning": tuning,
         "graph_qps": graph.meta.get("qps"),
         "k": args.k,
         "stages": stages,

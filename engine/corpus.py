@@ -400,3 +400,11 @@ def with_source_columns(
 def engine_id_column(labels: pd.DataFrame) -> str:
     """The column of labels.parquet holding the engine's int64 ids (the Milvus primary key)."""
     return "engine_id" if "engine_id" in labels.columns else "id"
+
+
+def parquet_safe(frame: pd.DataFrame) -> pd.DataFrame:
+    """Parquet needs one type per column: source columns of mixed Python types are kept as text."""
+    for column in frame.columns:
+        if frame[column].dtype == object and column != "text":
+            frame[column] = frame[column].map(lambda v: None if v is None or v != v else str(v))
+    return frame

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
 import logging
 import os
 import queue
@@ -307,6 +308,49 @@ class _Writer(threading.Thread):
                 self.error = exc
 
 
+# ----------------------------------------------------------------------------------- completeness
+def meta_path(vectors_path: str | Path) -> Path:
+    """``embeddings.json`` beside ``embeddings.npy``: model, dim, n and whether ingest finished."""
+    return Path(vectors_path).with_suffix(".json")
+
+
+def read_meta(vectors_path: str | Path) -> dict:
+    path = meta_path(vectors_path)
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _write_meta(vectors_path: Path, model: str, dim: int, n: int, complete: bool) -> None:
+    """``complete`` flips to true only after ingest returns, so later stages refuse a half-embedded run."""
+    meta = {"model": model, "dim": dim, "n": n, "complete": complete}
+    meta_path(vectors_path).write_text(json.dumps(meta))
+
+
+def check_model(vectors_path: str | Path, model: str, restart: bool = False) -> None:
+    """Vectors of another model are never mixed in: re-embed (--restart) or use another run directory."""
+    stored = read_meta(vectors_path).get("model")
+    if stored and not restart and stored != model:
+        raise EngineError(
+            f"{vectors_path} holds vectors of model {stored!r}, not {model!r}: "
+            "add --restart to re-embed, or use another --out"
+        )
+
+
+def load_vectors(vectors_path: str | Path, n: int) -> np.ndarray:
+    """The embeddings as a read-only memory map, corpus order, once ingest of all ``n`` finished."""
+    vectors = np.load(vectors_path, mmap_mode="r")
+    if len(vectors) != n:
+        raise EngineError(
+            f"{vectors_path} holds {len(vectors)} vectors but the corpus has {n} documents: "
+            f"re-run `engine embed` (add --restart if the corpus changed)"
+        )
+    meta = read_meta(vectors_path)
+    if meta and not meta.get("complete", False):
+        raise EngineError(
+            f"{vectors_path} is incomplete (the embed stage was interrupted): re-run `engine embed` to resume"
+        )
+    return vectors
+
+
 # --------------------------------------------------------------------------------------------- ingest
 def ingest(
     frame,
@@ -336,6 +380,8 @@ def ingest(
     ids, texts = _validate_frame(frame)
     n, dim = len(ids), int(encoder.dim)
     vectors_path = Path(vectors_path)
+    model = str(getattr(encoder, "name", ""))
+    _write_meta(vectors_path, model, dim, n, complete=False)
 
     store.ensure_collection(dim, drop_existing=bool(restart))
     fps = fingerprints(texts, fingerprint_key or f"{getattr(encoder, 'name', '')}|{dim}")
@@ -407,6 +453,7 @@ def ingest(
         store.flush()
     finally:
         vf.close()
+    _write_meta(vectors_path, model, dim, n, complete=True)
     seconds = time.perf_counter() - t0
     n_embedded = len(todo)
     return IngestResult(

@@ -14,9 +14,11 @@ import json
 import logging
 import os
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from engine.config import RUN_CONFIG_NAME
 from engine.errors import EngineError
 
 try:  # POSIX; on Windows the lock is a no-op
@@ -117,3 +119,36 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+@dataclass
+class RunPaths:
+    """Where each stage writes, in one run directory (the ``--out`` of every command)."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+
+    corpus = property(lambda self: self.root / "corpus.parquet")
+    corpus_stats = property(lambda self: self.root / "corpus_stats.json")
+    embeddings = property(lambda self: self.root / "embeddings.npy")
+    clusters_npz = property(lambda self: self.root / "clusters.npz")
+    cluster_embedding = property(lambda self: self.root / "cluster_embedding.npy")
+    coords = property(lambda self: self.root / "coords.npy")
+    labels = property(lambda self: self.root / "labels.parquet")
+    clusters_json = property(lambda self: self.root / "clusters.json")
+    report_html = property(lambda self: self.root / "report.html")
+    map_html = property(lambda self: self.root / "map.html")
+    map_png = property(lambda self: self.root / "map.png")
+    summary = property(lambda self: self.root / "summary.json")
+    config = property(lambda self: self.root / RUN_CONFIG_NAME)
+    knn_graph = property(lambda self: self.root / "knn_graph.npz")
+    labels_stored = property(lambda self: self.root / "labels_stored.json")
+    milvus_server = property(lambda self: self.root / "milvus_server")
+
+    def require(self, path: Path, stage: str) -> Path:
+        """``path`` if an earlier stage wrote it, else EngineError naming the command that writes it."""
+        if not path.exists():
+            raise EngineError(f"{path} not found: run `engine {stage} --out {self.root}` first")
+        return path

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from engine.pipeline import zero_cluster_hint
+from engine.summary import zero_cluster_hint
 from tests.test_cli import assert_one_line_error, engine
 
 MODEL = ["--model", "all-MiniLM-L6-v2"]

@@ -47,6 +47,7 @@ class ClusterResult:
     embedding: np.ndarray | None = None
     assigned: np.ndarray | None = None
     noise_before: float | None = None
+    detail: str = ""  # one line for the run summary (set by engine.stages.cluster)
 
     @property
     def noise_fraction(self) -> float:

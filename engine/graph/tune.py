@@ -189,3 +189,38 @@ def tune_search_params(
         exact_seconds=exact_seconds,
         trials=trials,
     )
+
+
+def check_recall(
+    store: Any,
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    k: int,
+    target_recall: float,
+    sample: int,
+    search_params: dict[str, Any] | None = None,
+    workers: int | None = None,
+    batch_size: int | None = None,
+    seed: int | None = 0,
+) -> TuneResult | None:
+    """The graph stage's recall policy: None for exact indexes or ``sample=0``; a search knob the user
+    set is kept and only measured; otherwise the knob is tuned up to ``target_recall``."""
+    if not sample or store.index_type in EXACT_INDEXES:
+        return None
+    user_params = dict(search_params or {})
+    knob = SEARCH_KNOBS.get(store.index_type)
+    log.info("graph: checking recall@%d on %d sampled queries", k, min(sample, len(ids)))
+    return tune_search_params(
+        store,
+        vectors,
+        ids,
+        k=k,
+        target_recall=target_recall,
+        sample=sample,
+        search_params=user_params,
+        tune=knob is not None and knob not in user_params,
+        workers=workers,
+        batch_size=batch_size,
+        seed=seed,
+        progress=False,
+    )
