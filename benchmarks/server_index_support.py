@@ -151,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     started = time.perf_counter()
     if args.uri is None:
-        from engine.server import LocalMilvusServer, milvus_server_version
+        from engine.milvus.server import LocalMilvusServer, milvus_server_version
 
         tmp = tempfile.mkdtemp(prefix="milvus-probe-")
         server = LocalMilvusServer(tmp, port=0).start()

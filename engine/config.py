@@ -174,12 +174,8 @@ class EngineConfig:
 
     def _validate_limits(self) -> None:
         """Upper bounds, encodings and Milvus names/parameters: what would otherwise fail minutes later."""
-        from engine.store import (
-            LITE_INDEX_TYPES,
-            SERVER_INDEX_TYPES,
-            check_collection_name,
-            check_index_params,
-        )
+        from engine.milvus.client import check_collection_name
+        from engine.milvus.indexes import LITE_INDEX_TYPES, SERVER_INDEX_TYPES, check_index_params
 
         ranges = {
             "limit": (1, None),
@@ -248,7 +244,7 @@ class EngineConfig:
 
 
 def _strip_credentials(uri: str) -> tuple[str, str | None]:
-    from engine.store import strip_uri_credentials
+    from engine.milvus.client import strip_uri_credentials
 
     return strip_uri_credentials(uri)
 

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sys
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,52 +21,14 @@ import pandas as pd
 
 from engine.config import RUN_CONFIG_NAME, EngineConfig
 from engine.errors import EngineError
-from engine.store import mask_uri
+from engine.milvus.client import mask_uri
+from engine.milvus.embedded import LOCAL_SERVER_URI, choose_embedded_milvus
+from engine.milvus.indexes import choose_index
 
 log = logging.getLogger("engine")
 
-# Below this many documents an exact FLAT index is cheap and gives recall 1.0.
-AUTO_FLAT_MAX_DOCS = 50_000
-AUTO_HNSW_PARAMS = {"M": 16, "efConstruction": 200}
-# --milvus-uri local-server: the engine runs a standalone Milvus (PyPI `milvus`) in DIR/milvus_server
-# for the duration of the command. Measured 4.3x faster than Milvus Lite for the whole 20k graph
-# (benchmarks/results/graph_20k*.json), so it is the better embedded choice past ~50k documents.
-LOCAL_SERVER_URI = "local-server"
-# The embedded default (no --milvus-uri, no $MILVUS_URI): a Milvus Lite file up to this many documents
-# (no process to start, one file), the engine-managed local server above it. Lite 3.x searches at
-# ~110-200 q/s (Python per hit) -> ~2 h for a 1M graph; the server does the 100k graph at >1,000 q/s.
-AUTO_SERVER_MIN_DOCS = 50_000
 # Scalar field on every stored row: 0 for the run's corpus, 1 for documents added by `engine assign --store`.
 ASSIGNED_FIELD = "assigned"
-
-
-def local_server_available() -> bool:
-    """True when the PyPI ``milvus`` package (a bundled standalone server, Linux/macOS) is importable."""
-    import importlib.util
-
-    return sys.platform != "win32" and importlib.util.find_spec("milvus") is not None
-
-
-def choose_embedded_milvus(root: Path, n_documents: int) -> str:
-    """Milvus Lite for small corpora, the engine-managed server past ``AUTO_SERVER_MIN_DOCS``.
-
-    A store already in the run directory wins, so later stage commands and resumed runs find
-    their data whatever the corpus size.
-    """
-    lite = root / "milvus.db"
-    if lite.exists():
-        return str(lite)
-    if (root / "milvus_server").exists():
-        return LOCAL_SERVER_URI
-    if n_documents > AUTO_SERVER_MIN_DOCS:
-        if local_server_available():
-            return LOCAL_SERVER_URI
-        log.warning(
-            "milvus: %d documents on Milvus Lite will be slow (the graph search runs at ~150 q/s); "
-            "install the `milvus` package or pass --milvus-uri of a server",
-            n_documents,
-        )
-    return str(lite)
 
 
 @dataclass
@@ -169,15 +130,6 @@ def zero_cluster_hint(n_documents: int, n_distinct: int, min_cluster_size: int) 
     )
 
 
-def resolve_index(index: str, n_documents: int, index_params: dict | None) -> tuple[str, dict | None]:
-    """``auto``: exact FLAT for small corpora, HNSW beyond (recall >= 0.95 at far higher QPS)."""
-    if index.lower() != "auto":
-        return index.upper(), index_params
-    if n_documents <= AUTO_FLAT_MAX_DOCS:
-        return "FLAT", index_params
-    return "HNSW", index_params or dict(AUTO_HNSW_PARAMS)
-
-
 class Pipeline:
     """corpus -> embed -> store -> graph -> cluster -> project -> report, in one run directory.
 
@@ -224,7 +176,7 @@ class Pipeline:
         if uri != LOCAL_SERVER_URI:
             return uri
         if self._server is None:
-            from engine.server import LocalMilvusServer
+            from engine.milvus.server import LocalMilvusServer
 
             log.info("milvus: starting a local standalone server in %s", self.paths.root / "milvus_server")
             self._server = LocalMilvusServer(self.paths.root / "milvus_server", port=0).start()
@@ -293,10 +245,10 @@ class Pipeline:
 
     def open_store(self, dim: int | None = None):
         """A MilvusStore on the configured URI; the index is resolved from the corpus size."""
-        from engine.store import MilvusStore
+        from engine.milvus.store import MilvusStore
 
         cfg = self.config
-        index_type, index_params = resolve_index(cfg.index, len(self.frame), cfg.index_params)
+        index_type, index_params = choose_index(cfg.index, len(self.frame), cfg.index_params)
         self.details_["index"] = index_type
         store = MilvusStore(
             uri=self.milvus_uri(),
@@ -362,7 +314,8 @@ class Pipeline:
 
         ``graph``: also the graph stage's needs (``--k`` below the number of documents).
         """
-        from engine.store import LITE_INDEX_TYPES, SERVER_INDEX_TYPES, is_lite_uri
+        from engine.milvus.client import is_lite_uri
+        from engine.milvus.indexes import check_available
 
         cfg = self.config
         n = len(self.frame)
@@ -373,13 +326,8 @@ class Pipeline:
             )
         uri = self.resolved_milvus_uri()
         lite = uri != LOCAL_SERVER_URI and is_lite_uri(uri)
-        index_type, _ = resolve_index(cfg.index, n, cfg.index_params)
-        allowed = LITE_INDEX_TYPES if lite else SERVER_INDEX_TYPES
-        if index_type not in allowed:
-            raise EngineError(
-                f"--index {index_type} is not available on {'Milvus Lite' if lite else 'a Milvus server'}; "
-                f"choose one of {', '.join(allowed)}"
-            )
+        index_type, _ = choose_index(cfg.index, n, cfg.index_params)
+        check_available(index_type, lite)
         self._time_values(self.frame)  # a bad --time-column fails here, not after minutes of embedding
 
     def embed(self):
@@ -474,7 +422,8 @@ class Pipeline:
 
     def _tune_search(self, store: Any, vectors: np.ndarray, ids: np.ndarray):
         """Measure (and, unless the user fixed the knob, tune) recall@k on a sample; None for exact indexes."""
-        from engine.graph.tune import EXACT_INDEXES, SEARCH_KNOBS, tune_search_params
+        from engine.graph.tune import tune_search_params
+        from engine.milvus.indexes import EXACT_INDEXES, SEARCH_KNOBS
 
         cfg = self.config
         if not cfg.recall_sample or store.index_type in EXACT_INDEXES:

@@ -20,31 +20,9 @@ from engine.errors import EngineError
 from engine.graph.exact import exact_knn
 from engine.graph.knn import KnnGraph
 from engine.graph.milvus_knn import build_knn_graph
+from engine.milvus.indexes import search_ladder
 
 log = logging.getLogger(__name__)
-
-# The one search knob that trades speed for recall, per index type, and the values tried
-# (ascending cost). Index types not listed (FLAT, IVF_PQ without refine, AUTOINDEX) are searched
-# as configured and only measured.
-SEARCH_KNOBS: dict[str, str] = {
-    "HNSW": "ef",
-    "HNSW_SQ": "ef",
-    "HNSW_PQ": "ef",
-    "IVF_FLAT": "nprobe",
-    "IVF_SQ8": "nprobe",
-    "IVF_PQ": "nprobe",
-    "SCANN": "nprobe",
-    "GPU_IVF_FLAT": "nprobe",
-    "GPU_IVF_PQ": "nprobe",
-    "DISKANN": "search_list",
-}
-# Brute-force indexes: recall 1.0 by construction, nothing to measure or tune.
-EXACT_INDEXES = ("FLAT", "BRUTE_FORCE", "GPU_BRUTE_FORCE")
-LADDERS: dict[str, tuple[int, ...]] = {
-    "ef": (32, 48, 64, 96, 128, 192, 256, 384, 512, 768),
-    "nprobe": (8, 16, 32, 64, 128, 256, 512),
-    "search_list": (32, 64, 128, 256, 512),
-}
 
 
 @dataclass
@@ -82,15 +60,8 @@ def sample_rows(n: int, sample: int, seed: int = 0) -> np.ndarray:
 
 
 def ladder_for(index_type: str, k: int, start: dict[str, Any] | None = None) -> tuple[str | None, list[int]]:
-    """The knob for ``index_type`` and the values to try; ef below k+1 is pointless (Milvus needs ef >= limit)."""
-    knob = SEARCH_KNOBS.get(str(index_type).upper())
-    if knob is None:
-        return None, []
-    values = sorted({max(v, k + 1) if knob == "ef" else v for v in LADDERS[knob]})
-    if start and knob in start:
-        floor = int(start[knob])
-        values = [floor] + [v for v in values if v > floor]
-    return knob, values
+    """The knob for ``index_type`` and the values to try (from :mod:`engine.milvus.indexes`)."""
+    return search_ladder(index_type, k, start)
 
 
 def measure_recall(
