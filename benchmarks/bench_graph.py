@@ -453,7 +453,9 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     from engine.milvus.server import LocalMilvusServer
                 except ImportError as e:
-                    out["results"].append({"backend": "server", "skipped": f"engine.milvus.server unavailable: {e}"})
+                    out["results"].append(
+                        {"backend": "server", "skipped": f"engine.milvus.server unavailable: {e}"}
+                    )
                     continue
                 sdir = os.path.join(args.work, f"server_{n}")
                 if os.path.exists(sdir):

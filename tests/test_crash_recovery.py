@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from engine.rundir import LOCK_NAME, RunLock
 from engine.milvus.server import STATE_FILE, stop_orphan
+from engine.rundir import LOCK_NAME, RunLock
 from tests.test_cli import ENV, assert_one_line_error, engine
 
 REPO = Path(__file__).resolve().parents[1]
