@@ -216,7 +216,7 @@ torch.set_num_threads(1)
 from engine.embed import load_encoder
 from engine.embed.tiny import build_tiny_bge_m3, synthetic_corpus
 from engine.ingest import ingest
-from engine.store import MilvusStore
+from engine.milvus.store import MilvusStore
 n, kind = int(sys.argv[2]), sys.argv[3]
 
 

@@ -5,7 +5,7 @@ Backends:
   lite-grpc   the same Lite collection through Lite's local gRPC server (pymilvus' normal path);
   lite-procs  P ``milvus-lite server`` processes, each on a copy of the Lite data directory,
               requests spread round-robin (escapes this process's GIL);
-  server      the standalone server from the PyPI package ``milvus`` via engine.server.LocalMilvusServer.
+  server      the standalone server from the PyPI package ``milvus`` via engine.milvus.server.LocalMilvusServer.
 
 Recall@k is measured against exact brute force (engine.graph.exact_knn) on a sample of query
 rows (10,000 at N=100k). Distances in the graph are recomputed from the float32 vectors.
@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import synthetic  # noqa: E402
 
 from engine.graph import build_knn_graph, exact_knn  # noqa: E402
-from engine.store import MilvusStore  # noqa: E402
+from engine.milvus.store import MilvusStore  # noqa: E402
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 
@@ -451,9 +451,11 @@ def main(argv: list[str] | None = None) -> int:
                 dump()
             elif backend == "server":
                 try:
-                    from engine.server import LocalMilvusServer
+                    from engine.milvus.server import LocalMilvusServer
                 except ImportError as e:
-                    out["results"].append({"backend": "server", "skipped": f"engine.server unavailable: {e}"})
+                    out["results"].append(
+                        {"backend": "server", "skipped": f"engine.milvus.server unavailable: {e}"}
+                    )
                     continue
                 sdir = os.path.join(args.work, f"server_{n}")
                 if os.path.exists(sdir):

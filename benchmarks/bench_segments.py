@@ -2,7 +2,7 @@
 
 Why: a Milvus query searches every sealed segment's index and merges the results, so the number of
 segments multiplies the search cost. With the 2.3 defaults a 1024-d collection is cut into ~35k-row
-segments (3 at 100k, ~29 at 1M); ``engine.server.SERVER_SETTINGS`` keeps ~1M+ rows per segment. For
+segments (3 at 100k, ~29 at 1M); ``engine.milvus.server.SERVER_SETTINGS`` keeps ~1M+ rows per segment. For
 each layout: segments, insert and HNSW build time, then recall@k (against exact search on a query
 sample) and QPS per ``ef``, with the CPU seconds of this client and of the server process.
 
@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from engine.graph import build_knn_graph, exact_knn  # noqa: E402
 from engine.graph.tune import sample_rows  # noqa: E402
-from engine.server import SERVER_SETTINGS, LocalMilvusServer  # noqa: E402
-from engine.store import MilvusStore  # noqa: E402
+from engine.milvus.server import SERVER_SETTINGS, LocalMilvusServer  # noqa: E402
+from engine.milvus.store import MilvusStore  # noqa: E402
 
 # Milvus 2.3.5's own values of the keys the engine changes (its milvus.yaml template).
 MILVUS_DEFAULTS = {

@@ -188,8 +188,8 @@ def worker_tutorial_tail(
 
 def worker_engine(vectors: np.ndarray, texts: list[str], workdir: Path, status: Path) -> dict[str, Any]:
     from engine.graph import build_knn_graph
+    from engine.milvus.store import MilvusStore
     from engine.project import project_2d
-    from engine.store import MilvusStore
 
     state: dict[str, Any] = {"times": {}}
 

@@ -36,7 +36,7 @@ KS = (5, 10, 15, 30, 50)
 def milvus_graph(vectors: np.ndarray, index_type: str, k: int) -> tuple[np.ndarray, np.ndarray, dict]:
     """k-NN of every vector searched in a fresh Milvus Lite collection with ``index_type``."""
     from engine.graph import build_knn_graph
-    from engine.store import MilvusStore
+    from engine.milvus.store import MilvusStore
 
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:

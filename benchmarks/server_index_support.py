@@ -12,30 +12,32 @@ is recorded instead of blocking, and writes benchmarks/results/server_index_supp
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import platform
+import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from engine.milvus.client import run_with_timeout as _run_with_timeout  # noqa: E402
+from engine.milvus.indexes import CATALOG  # noqa: E402
+
+SERVER_INDEX_CLASSES = [(name, cls) for name, cls in CATALOG.items() if cls.SERVER]
+
+#: Small-size values over the spec defaults of engine.milvus.indexes.
+OVERRIDES = {"nlist": 64, "nprobe": 16, "m": 16, "M": 16, "efConstruction": 100, "ef": 64, "itopk_size": 64}
+#: Every type a server may build; those known to loop forever go last (on the 2.3.5 wheel DISKANN's
+#: build loops forever inside the server).
 CANDIDATES: list[tuple[str, dict[str, Any], dict[str, Any]]] = [
-    ("FLAT", {}, {}),
-    ("IVF_FLAT", {"nlist": 64}, {"nprobe": 16}),
-    ("IVF_SQ8", {"nlist": 64}, {"nprobe": 16}),
-    ("IVF_PQ", {"nlist": 64, "m": 16, "nbits": 8}, {"nprobe": 16}),
-    ("HNSW", {"M": 16, "efConstruction": 100}, {"ef": 64}),
-    ("SCANN", {"nlist": 64}, {"nprobe": 16, "reorder_k": 64}),
-    ("AUTOINDEX", {}, {}),
-    ("GPU_BRUTE_FORCE", {}, {}),
-    ("GPU_IVF_FLAT", {"nlist": 64}, {"nprobe": 16}),
-    ("GPU_CAGRA", {"intermediate_graph_degree": 64, "graph_degree": 32}, {"itopk_size": 64}),
-    # last: on the 2.3.5 wheel its build loops forever inside the server
-    ("DISKANN", {}, {"search_list": 64}),
+    (name, cfg.index_params(), cfg.search_params())
+    for name, cls in sorted(SERVER_INDEX_CLASSES, key=lambda item: bool(item[1].BUILD_HANGS))
+    for cfg in [cls(**{k: v for k, v in OVERRIDES.items() if k in {f.name for f in dataclasses.fields(cls)}})]
 ]
 
 
@@ -48,23 +50,11 @@ def clustered(n: int, dim: int, centers: int = 20, seed: int = 0) -> np.ndarray:
 
 
 def run_with_timeout(fn: Any, timeout: float) -> tuple[str, Any]:
-    """('ok', value) | ('error', message) | ('timeout', None); the thread is abandoned on timeout."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = fn()
-        except Exception as exc:  # noqa: BLE001 -- we record every refusal
-            box["error"] = f"{type(exc).__name__}: {exc}"
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        return "timeout", None
-    if "error" in box:
-        return "error", box["error"][:300]
-    return "ok", box.get("value")
+    """('ok', value) | ('error', message) | ('timeout', None) (engine.milvus.client's helper, message text)."""
+    status, value = _run_with_timeout(fn, timeout)
+    if status == "error":
+        return "error", f"{type(value).__name__}: {value}"[:300]
+    return status, value
 
 
 def probe(
@@ -151,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
     server = None
     started = time.perf_counter()
     if args.uri is None:
-        from engine.server import LocalMilvusServer, milvus_server_version
+        from engine.milvus.server import LocalMilvusServer, milvus_server_version
 
         tmp = tempfile.mkdtemp(prefix="milvus-probe-")
         server = LocalMilvusServer(tmp, port=0).start()

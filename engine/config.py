@@ -161,7 +161,7 @@ class StoreSettings(Section):
     @field_validator("index")
     @classmethod
     def _known_index(cls, value: str) -> str:
-        from engine.store import LITE_INDEX_TYPES, SERVER_INDEX_TYPES
+        from engine.milvus.indexes import LITE_INDEX_TYPES, SERVER_INDEX_TYPES
 
         known = ("auto", *dict.fromkeys(LITE_INDEX_TYPES + SERVER_INDEX_TYPES))
         if value.upper() != "AUTO" and value.upper() not in known:
@@ -171,14 +171,14 @@ class StoreSettings(Section):
     @field_validator("collection")
     @classmethod
     def _collection_name(cls, value: str) -> str:
-        from engine.store import check_collection_name
+        from engine.milvus.client import check_collection_name
 
         _as_value_error(check_collection_name, value)
         return value
 
     @model_validator(mode="after")
     def _params_in_range(self) -> StoreSettings:
-        from engine.store import check_index_params
+        from engine.milvus.indexes import check_index_params
 
         index = self.index.upper()
         _as_value_error(check_index_params, self.index_params, "--index-params", index)
@@ -189,7 +189,7 @@ class StoreSettings(Section):
     @property
     def explicit_milvus_uri(self) -> str | None:
         """The given URI without credentials; None means the embedded default (chosen by corpus size)."""
-        from engine.store import strip_uri_credentials
+        from engine.milvus.client import strip_uri_credentials
 
         return strip_uri_credentials(self.milvus_uri)[0] if self.milvus_uri else None
 
@@ -200,7 +200,7 @@ class StoreSettings(Section):
     @property
     def resolved_milvus_token(self) -> str | None:
         """The token, else the user:password part of the URI."""
-        from engine.store import strip_uri_credentials
+        from engine.milvus.client import strip_uri_credentials
 
         if self.milvus_token is not None and self.milvus_token.get_secret_value():
             return self.milvus_token.get_secret_value()

@@ -15,41 +15,12 @@ import json
 import os
 import platform
 import sys
-import threading
 import time
 from typing import Any
 
 from engine import __version__, gpu
 from engine.errors import EngineError
-
-#: Index types ``doctor`` asks a server about (GPU_* are only built by the ``-gpu`` Milvus image).
-PROBE_INDEX_TYPES: tuple[str, ...] = (
-    "FLAT",
-    "IVF_FLAT",
-    "IVF_SQ8",
-    "IVF_PQ",
-    "HNSW",
-    "SCANN",
-    "DISKANN",
-    "AUTOINDEX",
-    "GPU_BRUTE_FORCE",
-    "GPU_IVF_FLAT",
-    "GPU_IVF_PQ",
-    "GPU_CAGRA",
-)
-#: Types this server version accepts in ``create_index`` but whose build then loops forever
-#: (measured by benchmarks/server_index_support.py; results/server_index_support.json).
-KNOWN_BUILD_HANGS: dict[str, tuple[str, ...]] = {"v2.3.5": ("DISKANN", "GPU_IVF_FLAT")}
-_PROBE_PARAMS: dict[str, dict[str, Any]] = {
-    "IVF_FLAT": {"nlist": 16},
-    "IVF_SQ8": {"nlist": 16},
-    "IVF_PQ": {"nlist": 16, "m": 4, "nbits": 8},
-    "HNSW": {"M": 8, "efConstruction": 64},
-    "SCANN": {"nlist": 16},
-    "GPU_IVF_FLAT": {"nlist": 16},
-    "GPU_IVF_PQ": {"nlist": 16, "m": 4, "nbits": 8},
-    "GPU_CAGRA": {"intermediate_graph_degree": 32, "graph_degree": 16},
-}
+from engine.milvus.client import redact
 
 
 def _safe(fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -60,28 +31,10 @@ def _safe(fn: Any, *args: Any, **kwargs: Any) -> Any:
         return {"error": f"{type(exc).__name__}: {exc}".splitlines()[0][:300]}
 
 
-def _with_timeout(fn: Any, timeout: float) -> tuple[str, Any]:
-    """('ok', value) | ('error', message) | ('timeout', None); the worker thread is abandoned on timeout."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = fn()
-        except Exception as exc:  # noqa: BLE001
-            box["error"] = f"{type(exc).__name__}: {exc}".splitlines()[0][:200]
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        return "timeout", None
-    return ("error", box["error"]) if "error" in box else ("ok", box.get("value"))
-
-
 # --------------------------------------------------------------------------------------------- milvus
 def milvus_info() -> dict[str, Any]:
     """Client, Milvus Lite and the standalone server package: installed versions."""
-    from engine.server import milvus_server_version
+    from engine.milvus.server import milvus_server_version
 
     lite_version = gpu.package_version("milvus-lite")
     lite_ok = gpu.importable("milvus_lite")
@@ -95,20 +48,16 @@ def milvus_info() -> dict[str, Any]:
     }
 
 
-def _redact(text: str, token: str | None) -> str:
-    return text.replace(token, "***") if token else text
-
-
 def probe_milvus(
     uri: str, token: str | None = None, probe_indexes: bool = True, timeout: float = 10.0
 ) -> dict[str, Any]:
-    """Reach a Milvus at ``uri``: server version and which index types ``create_index`` accepts.
+    """Reach a Milvus at ``uri``: server version and which index types it builds and searches.
 
-    The index probe uses an empty throw-away collection, so it checks what the server's proxy
-    validates; a type can still fail at build time (DISKANN on the pip ``milvus`` 2.3.5 server
-    hangs: benchmarks/server_index_support.py builds each type on real data).
+    The index probe is the one ``engine bench-index`` uses (:func:`engine.milvus.probe.probe_support`):
+    each type is built on a small throw-away collection and searched. Types this server version is
+    known to accept but never finish building are listed apart, without trying them.
     """
-    from engine.store import is_lite_uri, mask_uri
+    from engine.milvus.client import is_lite_uri, mask_uri, run_with_timeout, short_error
 
     shown = mask_uri(uri)
     out: dict[str, Any] = {"uri": shown, "token_given": bool(token)}
@@ -119,68 +68,44 @@ def probe_milvus(
         return out
     out["kind"] = "server"
     try:
-        from pymilvus import DataType, MilvusClient
-    except ImportError:
-        out.update(reachable=False, error="pymilvus is not installed")
+        from engine.milvus.probe import NEVER_FINISHES, probe_support
+        from engine.milvus.store import MilvusStore
+    except ImportError as exc:
+        out.update(reachable=False, error=f"pymilvus is not installed ({exc})")
         return out
-    kwargs: dict[str, Any] = {"uri": uri, "timeout": timeout}
-    if token:
-        kwargs["token"] = token
-    status, client = _with_timeout(lambda: MilvusClient(**kwargs), timeout + 5)
+    store = MilvusStore(uri, token=token, collection="engine_doctor", max_retries=0, timeout=timeout)
+    status, value = run_with_timeout(lambda: store.client, timeout + 5)
     if status != "ok":
-        reason = "no answer" if status == "timeout" else _redact(str(client), token)
+        reason = "no answer" if status == "timeout" else redact(short_error(value), token)  # type: ignore[arg-type]
         out.update(reachable=False, error=f"cannot reach Milvus at {shown}: {reason}")
         return out
     try:
         out["reachable"] = True
-        out["server_version"] = _safe(client.get_server_version)
+        out["server_version"] = _safe(store.client.get_server_version)
         if not probe_indexes:
             return out
-        name = f"engine_doctor_probe_{os.getpid()}"
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("id", DataType.INT64, is_primary=True)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=16)
-        with contextlib.suppress(Exception):
-            client.drop_collection(name)
-        client.create_collection(name, schema=schema)
-        accepted, refused = [], {}
-        try:
-            for index_type in PROBE_INDEX_TYPES:
+        from engine.milvus.indexes import SERVER_INDEX_TYPES
 
-                def attempt(index_type: str = index_type) -> None:
-                    ip = client.prepare_index_params()
-                    params = _PROBE_PARAMS.get(index_type, {})
-                    ip.add_index(
-                        field_name="vector", index_type=index_type, metric_type="COSINE", params=params
-                    )
-                    client.create_index(name, ip, timeout=timeout)
-                    for idx in client.list_indexes(name):
-                        client.drop_index(name, idx)
-
-                status, value = _with_timeout(attempt, timeout + 2)
-                if status == "ok":
-                    accepted.append(index_type)
-                else:
-                    refused[index_type] = (
-                        "no answer" if status == "timeout" else _redact(str(value), token)[:160]
-                    )
-        finally:
-            with contextlib.suppress(Exception):
-                client.drop_collection(name)
-        out["index_types_accepted"] = accepted
-        version = str(out.get("server_version", ""))
-        hangs = [
-            t for prefix, types in KNOWN_BUILD_HANGS.items() if version.startswith(prefix) for t in types
-        ]
+        support = probe_support(
+            store,
+            SERVER_INDEX_TYPES,
+            timeout=timeout,
+            use_cache=False,
+            collection_prefix="engine_doctor_probe",
+        )
+        out["index_types_accepted"] = [t for t, why in support.items() if why is None]
+        hangs = [t for t, why in support.items() if why == NEVER_FINISHES]
         if hangs:
-            out["index_types_build_hangs"] = [t for t in hangs if t in accepted]
-        out["index_types_refused"] = refused
-        out["index_probe"] = "create_index on an empty collection (proxy validation; builds may still fail)"
+            out["index_types_build_hangs"] = hangs
+        out["index_types_refused"] = {
+            t: redact(why, token)[:160] for t, why in support.items() if why is not None and t not in hangs
+        }
+        out["index_probe"] = "each type built on a 2,048-row collection and searched (engine.milvus.probe)"
     except Exception as exc:  # noqa: BLE001
-        out["error"] = _redact(f"{type(exc).__name__}: {exc}".splitlines()[0][:300], token)
+        out["error"] = redact(f"{type(exc).__name__}: {exc}".splitlines()[0][:300], token)
     finally:
         with contextlib.suppress(Exception):
-            client.close()
+            store.close()
     return out
 
 
@@ -209,7 +134,8 @@ def auto_choices(cuda: bool, cuml_ok: bool) -> dict[str, Any]:
         exact_device = resolve_device("auto")
     except Exception:  # noqa: BLE001
         exact_device = "cuda" if cuda else "cpu"
-    from engine.pipeline import AUTO_SERVER_MIN_DOCS, local_server_available
+    from engine.milvus.embedded import AUTO_SERVER_MIN_DOCS, local_server_available
+    from engine.milvus.indexes import AUTO_FLAT_MAX_DOCS
 
     server = (
         "the engine-run local server" if local_server_available() else "Milvus Lite (no `milvus` package)"
@@ -217,7 +143,8 @@ def auto_choices(cuda: bool, cuml_ok: bool) -> dict[str, Any]:
     out["graph"] = {
         "source": "milvus (default; --graph-source exact for brute force)",
         "milvus": f"Milvus Lite file up to {AUTO_SERVER_MIN_DOCS // 1000}k documents, {server} above",
-        "index": "auto: FLAT up to 50k documents, HNSW above; ef/nprobe tuned to recall@k >= 0.95 on a sample",
+        "index": f"auto: FLAT up to {AUTO_FLAT_MAX_DOCS // 1000}k documents, HNSW above; ef/nprobe tuned to "
+        "recall@k >= 0.95 on a sample",
         "exact_knn_device": exact_device,
     }
     try:
@@ -322,7 +249,9 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(f"  Milvus Lite      {lite.get('version') if lite.get('importable') else 'not importable'}")
     srv = mv.get("server_package", {})
     srv_text = (
-        f"{srv.get('version')} (engine.server.LocalMilvusServer)" if srv.get("installed") else "not installed"
+        f"{srv.get('version')} (engine.milvus.server.LocalMilvusServer)"
+        if srv.get("installed")
+        else "not installed"
     )
     lines.append(f"  server package   {srv_text}")
     target = mv.get("target")
@@ -381,7 +310,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     text = json.dumps(report, indent=2, default=str) if args.json else format_report(report)
-    print(_redact(text, token))
+    print(redact(text, token))
     return 0
 
 

@@ -2,7 +2,7 @@
 
 Why a module of its own: pymilvus configures its loggers when it is *imported* (``dictConfig`` at
 import time), which happens lazily, after the CLI set up logging; so the levels are applied again
-by whoever imports pymilvus (:mod:`engine.store`, :mod:`engine.server`) through :func:`apply`.
+by whoever imports pymilvus (:mod:`engine.milvus.store`, :mod:`engine.milvus.server`) through :func:`apply`.
 """
 
 from __future__ import annotations

@@ -10,7 +10,6 @@ scikit-learn style as ``name_`` attributes.
 from __future__ import annotations
 
 import logging
-import sys
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -22,63 +21,12 @@ import pandas as pd
 from engine import stages
 from engine.config import EngineConfig
 from engine.errors import EngineError
+from engine.milvus.client import mask_uri
+from engine.milvus.embedded import LOCAL_SERVER_URI, choose_embedded_milvus
 from engine.rundir import RunPaths
-from engine.store import mask_uri
 from engine.summary import RunSummary
 
 log = logging.getLogger("engine")
-
-# Below this many documents an exact FLAT index is cheap and gives recall 1.0.
-AUTO_FLAT_MAX_DOCS = 50_000
-AUTO_HNSW_PARAMS = {"M": 16, "efConstruction": 200}
-# --milvus-uri local-server: the engine runs a standalone Milvus (PyPI `milvus`) in DIR/milvus_server
-# for the duration of the command. Measured 4.3x faster than Milvus Lite for the whole 20k graph
-# (benchmarks/results/graph_20k*.json), so it is the better embedded choice past ~50k documents.
-LOCAL_SERVER_URI = "local-server"
-# The embedded default (no --milvus-uri, no $MILVUS_URI): a Milvus Lite file up to this many documents
-# (no process to start, one file), the engine-managed local server above it. Lite 3.x searches at
-# ~110-200 q/s (Python per hit) -> ~2 h for a 1M graph; the server does the 100k graph at >1,000 q/s.
-AUTO_SERVER_MIN_DOCS = 50_000
-# Scalar field on every stored row: 0 for the run's corpus, 1 for documents added by `engine assign --store`.
-ASSIGNED_FIELD = "assigned"
-
-
-def local_server_available() -> bool:
-    """True when the PyPI ``milvus`` package (a bundled standalone server, Linux/macOS) is importable."""
-    import importlib.util
-
-    return sys.platform != "win32" and importlib.util.find_spec("milvus") is not None
-
-
-def choose_embedded_milvus(root: Path, n_documents: int) -> str:
-    """Milvus Lite for small corpora, the engine-managed server past ``AUTO_SERVER_MIN_DOCS``.
-
-    A store already in the run directory wins, so later stage commands and resumed runs find
-    their data whatever the corpus size.
-    """
-    lite = root / "milvus.db"
-    if lite.exists():
-        return str(lite)
-    if (root / "milvus_server").exists():
-        return LOCAL_SERVER_URI
-    if n_documents > AUTO_SERVER_MIN_DOCS:
-        if local_server_available():
-            return LOCAL_SERVER_URI
-        log.warning(
-            "milvus: %d documents on Milvus Lite will be slow (the graph search runs at ~150 q/s); "
-            "install the `milvus` package or pass --milvus-uri of a server",
-            n_documents,
-        )
-    return str(lite)
-
-
-def resolve_index(index: str, n_documents: int, index_params: dict | None) -> tuple[str, dict | None]:
-    """``auto``: exact FLAT for small corpora, HNSW beyond (recall >= 0.95 at far higher QPS)."""
-    if index.lower() != "auto":
-        return index.upper(), index_params
-    if n_documents <= AUTO_FLAT_MAX_DOCS:
-        return "FLAT", index_params
-    return "HNSW", index_params or dict(AUTO_HNSW_PARAMS)
 
 
 class Pipeline:
@@ -164,30 +112,16 @@ class Pipeline:
         if uri != LOCAL_SERVER_URI:
             return uri
         if self._server is None:
-            from engine.server import LocalMilvusServer
+            from engine.milvus.server import LocalMilvusServer
 
             log.info("milvus: starting a local standalone server in %s", self.paths.milvus_server)
             self._server = LocalMilvusServer(self.paths.milvus_server, port=0).start()
         return self._server.uri
 
     def open_store(self, dim: int | None = None):
-        """A MilvusStore on the configured URI; the index is resolved from the corpus size."""
-        from engine.store import MilvusStore
-
-        cfg = self.config.store
-        index_type, index_params = resolve_index(cfg.index, len(self.frame), cfg.index_params)
-        self.details_["index"] = index_type
-        store = MilvusStore(
-            uri=self.milvus_uri(),
-            token=cfg.resolved_milvus_token,
-            collection=cfg.collection,
-            dim=dim,
-            metric=cfg.metric,
-            index_type=index_type,
-            index_params=index_params,
-            search_params=cfg.search_params,
-            db_name=cfg.db_name,
-        )
+        """The run's MilvusStore (:func:`engine.stages.open_store`: the index follows the corpus size)."""
+        store = stages.open_store(self.config.store, self.milvus_uri(), len(self.frame), dim)
+        self.details_["index"] = store.index_type
         if self._server is not None:
             server = self._server
             store.alive = lambda: server.running
@@ -236,21 +170,11 @@ class Pipeline:
 
         ``graph``: also the graph stage's needs (``--k`` below the number of documents).
         """
-        from engine.store import LITE_INDEX_TYPES, SERVER_INDEX_TYPES, is_lite_uri
-
         cfg = self.config
         n = len(self.frame)
         if graph:
             stages.check_k(cfg.graph.k, n)
-        uri = self.resolved_milvus_uri()
-        lite = uri != LOCAL_SERVER_URI and is_lite_uri(uri)
-        index_type, _ = resolve_index(cfg.store.index, n, cfg.store.index_params)
-        allowed = LITE_INDEX_TYPES if lite else SERVER_INDEX_TYPES
-        if index_type not in allowed:
-            raise EngineError(
-                f"--index {index_type} is not available on {'Milvus Lite' if lite else 'a Milvus server'}; "
-                f"choose one of {', '.join(allowed)}"
-            )
+        stages.check_index(cfg.store, self.resolved_milvus_uri(), n)
         stages.time_values(self.corpus, cfg.report.time_column)  # a bad --time-column fails before the model
 
     def embed(self):

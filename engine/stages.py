@@ -118,6 +118,36 @@ def language_warning(frame: pd.DataFrame, model_name: str) -> str | None:
     return model_language_warning(model_name, frame["text"].tolist())
 
 
+# ------------------------------------------------------------------------------------------ store
+def open_store(settings: Any, uri: str, n_documents: int, dim: int | None = None) -> Any:
+    """The run's MilvusStore on ``uri``; ``--index auto`` is chosen from the corpus size."""
+    from engine.milvus.indexes import choose_index
+    from engine.milvus.store import MilvusStore
+
+    index_type, index_params = choose_index(settings.index, n_documents, settings.index_params)
+    return MilvusStore(
+        uri=uri,
+        token=settings.resolved_milvus_token,
+        collection=settings.collection,
+        dim=dim,
+        metric=settings.metric,
+        index_type=index_type,
+        index_params=index_params,
+        search_params=settings.search_params,
+        db_name=settings.db_name,
+    )
+
+
+def check_index(settings: Any, uri: str, n_documents: int) -> None:
+    """The index ``--index`` resolves to must exist on that Milvus (checked before the model loads)."""
+    from engine.milvus.client import is_lite_uri
+    from engine.milvus.embedded import LOCAL_SERVER_URI
+    from engine.milvus.indexes import check_available, choose_index
+
+    index_type, _ = choose_index(settings.index, n_documents, settings.index_params)
+    check_available(index_type, lite=uri != LOCAL_SERVER_URI and is_lite_uri(uri))
+
+
 # ------------------------------------------------------------------------------------------ embed
 @dataclass
 class EmbedResult:

@@ -22,7 +22,7 @@ import traceback
 
 from engine import cli
 from engine.errors import EngineError
-from engine.store import PARAM_RANGES
+from engine.milvus.indexes import PARAM_RANGES
 
 INDEX_FOR_PARAM = {
     "M": "HNSW",

@@ -17,8 +17,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from engine.milvus.server import STATE_FILE, stop_orphan
 from engine.rundir import LOCK_NAME, RunLock
-from engine.server import STATE_FILE, stop_orphan
 from tests.test_cli import ENV, assert_one_line_error, engine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -106,8 +106,8 @@ def test_server_killed_mid_ingest_and_mid_graph_then_rerun_matches_a_clean_run(
     np.testing.assert_array_equal(got["id"], want["id"])
     np.testing.assert_array_equal(got["cluster"], want["cluster"])  # same graph, same clusters
 
-    from engine.server import LocalMilvusServer
-    from engine.store import MilvusStore
+    from engine.milvus.server import LocalMilvusServer
+    from engine.milvus.store import MilvusStore
 
     with LocalMilvusServer(out / "milvus_server", port=0) as server, MilvusStore(server.uri) as store:
         ids = store.existing_ids()

@@ -9,7 +9,7 @@ import pytest
 
 from engine import gpu
 from engine.doctor import doctor, format_report, main, probe_milvus
-from engine.server import free_port
+from engine.milvus.server import free_port
 
 FAKE_TOKEN = "root:D0ctor-S3cret-9137"
 

@@ -12,8 +12,8 @@ import pytest
 
 from engine.errors import EngineError
 from engine.graph import KnnGraph, build_knn_graph, exact_knn, to_euclidean
-from engine.graph.milvus_knn import map_ids_to_positions
-from engine.store import MilvusStore
+from engine.graph.rows import map_ids_to_positions
+from engine.milvus.store import MilvusStore
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 

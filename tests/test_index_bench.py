@@ -12,12 +12,10 @@ import pytest
 
 from engine.bench.index_bench import (
     IndexBench,
-    exact_topk,
     format_table,
     load_vectors,
     main,
     pareto_front,
-    recall_at_k,
     recommend,
 )
 from engine.bench.index_catalog import parse_specs
@@ -47,21 +45,6 @@ def _one_thread() -> None:
         torch.set_num_threads(1)
     except ImportError:
         pass
-
-
-def test_exact_topk_and_tie_tolerant_recall(clustered: np.ndarray) -> None:
-    v = clustered[:300]
-    q = np.array([0, 5, 17])
-    idx, sim = exact_topk(v[q], v, 5, exclude=q)
-    assert idx.shape == (3, 5) and not any(q[i] in idx[i] for i in range(3))
-    full = v[q] @ v.T
-    full[np.arange(3), q] = -np.inf
-    assert np.allclose(sim, -np.sort(-full, axis=1)[:, :5], atol=1e-6)
-    ids = np.arange(300, dtype=np.int64) + 1000  # ids need not equal positions
-    hits = np.concatenate([ids[q][:, None], ids[idx]], axis=1)  # self first, as Milvus returns it
-    assert recall_at_k(hits, ids, q, v, sim, 5) == 1.0
-    hits[:, 1] = ids[q]  # one slot wasted on a repeat of self
-    assert recall_at_k(hits, ids, q, v, sim, 5) == pytest.approx(4 / 5)
 
 
 def test_bench_index_on_milvus_lite(clustered: np.ndarray, tmp_path, capsys) -> None:

@@ -1,4 +1,4 @@
-"""Index catalogue: sweep parsing, validation, TOML, and the support probe on real Milvus Lite."""
+"""Index specs (engine.milvus.indexes), sweep parsing, validation, TOML, and the support probe on real Milvus Lite."""
 
 from __future__ import annotations
 
@@ -6,43 +6,26 @@ import json
 
 import pytest
 
-from engine.bench.index_catalog import (
+from engine.bench.index_catalog import check_supported, expand, load_sweep_toml, parse_spec, parse_specs
+from engine.errors import EngineError
+from engine.milvus import indexes
+from engine.milvus.indexes import (
     CATALOG,
     CPU_TYPES,
     GPU_TYPES,
     HNSW,
     IVF_FLAT,
-    check_supported,
-    expand,
     get_index_class,
-    load_sweep_toml,
-    parse_spec,
-    parse_specs,
-    probe_support,
-    wire_index_params,
 )
-from engine.errors import EngineError
-
-ALL_TYPES = {
-    "FLAT",
-    "IVF_FLAT",
-    "IVF_SQ8",
-    "IVF_PQ",
-    "HNSW",
-    "HNSW_SQ",
-    "DISKANN",
-    "SCANN",
-    "AUTOINDEX",
-    "GPU_BRUTE_FORCE",
-    "GPU_IVF_FLAT",
-    "GPU_IVF_PQ",
-    "GPU_CAGRA",
-}
+from engine.milvus.lite import wire_index_params
+from engine.milvus.probe import probe_support
+from engine.milvus.store import MilvusStore
 
 
 def test_catalog_covers_every_type_with_build_and_search_params() -> None:
-    assert set(CATALOG) == ALL_TYPES
-    assert set(GPU_TYPES) == {t for t in ALL_TYPES if t.startswith("GPU_")}
+    assert set(GPU_TYPES) == {t for t in CATALOG if t.startswith("GPU_")}
+    assert set(indexes.LITE_INDEX_TYPES) <= set(CPU_TYPES)
+    assert set(indexes.SERVER_INDEX_TYPES) | set(indexes.LITE_INDEX_TYPES) == set(CATALOG)
     assert "HNSW" in CPU_TYPES and "GPU_CAGRA" not in CPU_TYPES
     hnsw = HNSW()
     assert hnsw.index_params() == {"M": 16, "efConstruction": 200}
@@ -170,14 +153,14 @@ def test_check_supported_refuses_or_skips() -> None:
 def test_probe_support_on_milvus_lite(tmp_path) -> None:
     """Real Milvus Lite: the six CPU types it implements pass, the rest are refused, and cached."""
     pytest.importorskip("milvus_lite")
-    from pymilvus import MilvusClient
-
     cache = tmp_path / "support.json"
-    client = MilvusClient(uri=str(tmp_path / "probe.db"))
+    store = MilvusStore(str(tmp_path / "probe.db"))
+    client = store.client
     try:
-        support = probe_support(client, cache_path=cache, timeout=60)
+        support = probe_support(store, cache_path=cache, timeout=60)
         accepted = {t for t, why in support.items() if why is None}
-        assert accepted == {"FLAT", "IVF_FLAT", "IVF_SQ8", "HNSW", "HNSW_SQ", "AUTOINDEX"}
+        # The probe's answer agrees with the spec table (LITE flags) on a real Lite.
+        assert accepted | {"BRUTE_FORCE"} == set(indexes.LITE_INDEX_TYPES)
         assert "future phase" in support["IVF_PQ"]
         assert all(support[t] for t in GPU_TYPES)
         assert not [c for c in client.list_collections() if c.startswith("engine_probe")]  # cleaned up
@@ -187,12 +170,12 @@ def test_probe_support_on_milvus_lite(tmp_path) -> None:
         # The cache is keyed by server version and read back instead of probing again.
         cached[key]["HNSW"] = "marker from the cache"
         cache.write_text(json.dumps(cached))
-        assert probe_support(client, ["HNSW", "SCANN"], cache_path=cache) == {
+        assert probe_support(store, ["HNSW", "SCANN"], cache_path=cache) == {
             "HNSW": "marker from the cache",
             "SCANN": support["SCANN"],
         }
     finally:
-        client.close()
+        store.close()
 
 
 def test_expand_rejects_empty_values() -> None:

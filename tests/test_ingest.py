@@ -19,7 +19,7 @@ from engine.embed import load_encoder
 from engine.embed.tiny import synthetic_corpus
 from engine.errors import EngineError
 from engine.ingest import IngestResult, ingest
-from engine.store import MilvusStore
+from engine.milvus.store import MilvusStore
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -130,7 +130,7 @@ sys.path.insert(0, sys.argv[1])
 from tests.test_ingest import make_frame
 from engine.embed import load_encoder
 from engine.ingest import ingest
-from engine.store import MilvusStore
+from engine.milvus.store import MilvusStore
 model, db, vec_path, n, batch = sys.argv[2:7]
 frame = make_frame(int(n))
 enc = load_encoder(model, device="cpu", precision="fp32", max_length=64)

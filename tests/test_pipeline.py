@@ -11,17 +11,18 @@ import pytest
 
 from engine.config import EngineConfig
 from engine.errors import EngineError
-from engine.pipeline import Pipeline, resolve_index
+from engine.milvus.indexes import choose_index
+from engine.pipeline import Pipeline
 
 
 def headlines(shared_data_dir: str) -> str:
     return os.path.join(shared_data_dir, "news_headlines_2024", "news_data_dedup.csv")
 
 
-def test_resolve_index_auto():
-    assert resolve_index("auto", 1_000, None) == ("FLAT", None)
-    assert resolve_index("auto", 200_000, None) == ("HNSW", {"M": 16, "efConstruction": 200})
-    assert resolve_index("ivf_flat", 10, {"nlist": 8}) == ("IVF_FLAT", {"nlist": 8})
+def test_choose_index_auto():
+    assert choose_index("auto", 1_000, None) == ("FLAT", None)
+    assert choose_index("auto", 200_000, None) == ("HNSW", {"M": 16, "efConstruction": 200})
+    assert choose_index("ivf_flat", 10, {"nlist": 8}) == ("IVF_FLAT", {"nlist": 8})
 
 
 def test_api_returns_pandas_and_exact_graph_matches_milvus_flat(tmp_path, shared_data_dir):
@@ -75,7 +76,7 @@ def test_engine_managed_local_server(tmp_path, shared_data_dir):
 
 
 def test_embedded_default_by_corpus_size_and_existing_store(tmp_path, monkeypatch):
-    from engine import pipeline
+    from engine.milvus import embedded as pipeline
 
     monkeypatch.setattr(pipeline, "local_server_available", lambda: True)
     root = tmp_path / "run"

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from engine.errors import EngineError
-from engine.server import LocalMilvusServer, free_port, grpc_ping, http_health, milvus_server_version
+from engine.milvus.server import LocalMilvusServer, free_port, grpc_ping, http_health, milvus_server_version
 
 pytestmark = pytest.mark.server
 
@@ -127,7 +127,7 @@ def test_raw_client_insert_ivf_flat_hnsw_search(milvus_server: str, milvus_serve
 
 
 def _store(uri: str, token: str | None, collection: str, **kwargs):
-    from engine.store import MilvusStore
+    from engine.milvus.store import MilvusStore
 
     return MilvusStore(uri, token=token, collection=collection, **kwargs)
 
@@ -237,7 +237,7 @@ def test_unreachable_server_message_hides_token(
     caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture
 ) -> None:
     """A connection attempt with a token against a dead port: clear message, token nowhere."""
-    from engine.store import MilvusStore
+    from engine.milvus.store import MilvusStore
 
     caplog.set_level(logging.DEBUG)
     uri = f"http://127.0.0.1:{closed_port()}"
@@ -256,7 +256,8 @@ def test_unreachable_server_message_hides_token(
 
 
 def test_uri_credentials_are_masked(caplog: pytest.LogCaptureFixture) -> None:
-    from engine.store import MilvusStore, mask_uri
+    from engine.milvus.client import mask_uri
+    from engine.milvus.store import MilvusStore
 
     caplog.set_level(logging.DEBUG)
     uri = f"http://root:Sup3r-S3cret@127.0.0.1:{closed_port()}"
@@ -309,7 +310,7 @@ def test_server_config_favours_few_large_segments(milvus_server_handle) -> None:
     """The engine's segment settings reach milvus.yaml (fewer segments -> fewer indexes per query)."""
     if milvus_server_handle is None:
         pytest.skip("external server: its config is not ours")
-    from engine.server import SERVER_SETTINGS
+    from engine.milvus.server import SERVER_SETTINGS
 
     text = (Path(milvus_server_handle.data_dir) / "configs" / "milvus.yaml").read_text()
     for key, value in SERVER_SETTINGS.items():

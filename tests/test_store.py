@@ -13,14 +13,9 @@ import pytest
 
 from engine.errors import EngineError
 from engine.graph.distances import to_euclidean
-from engine.store import (
-    MilvusStore,
-    default_index_params,
-    default_search_params,
-    is_lite_uri,
-    mask_uri,
-    truncate_utf8,
-)
+from engine.milvus.client import is_lite_uri, mask_uri
+from engine.milvus.indexes import default_index_params, default_search_params
+from engine.milvus.store import MilvusStore, truncate_utf8
 
 
 def unit(rng: np.random.Generator, n: int, d: int) -> np.ndarray:
@@ -149,13 +144,13 @@ def test_lite_l2_flat_guard_and_squared_distances(tmp_path, vecs, monkeypatch) -
         st.insert(ids, x)
         st.build_index()
         # Tiny budget forces the search into many small nq chunks: results must be unchanged.
-        monkeypatch.setattr("engine.store.LITE_L2_BRUTE_BUDGET", 400 * 16 * 4 * 3)
+        monkeypatch.setattr("engine.milvus.lite.L2_BRUTE_BUDGET", 400 * 16 * 4 * 3)
         hit_ids, raw = st.search(x[:10], limit=2)
         assert hit_ids.shape == (10, 2)
         order = np.argsort(ids)
         exact = np.linalg.norm(x[:10] - x[order[np.searchsorted(ids[order], hit_ids[:, 1])]], axis=1)
         np.testing.assert_allclose(to_euclidean(raw[:, 1], "L2"), exact, atol=1e-4)  # Lite L2 is squared
-        monkeypatch.setattr("engine.store.LITE_L2_BRUTE_BUDGET", 10)
+        monkeypatch.setattr("engine.milvus.lite.L2_BRUTE_BUDGET", 10)
         with pytest.raises(EngineError, match="metric COSINE or IP"):
             st.search(x[:2], limit=2)
 

@@ -25,14 +25,14 @@ N = 160
 @contextmanager
 def lite_client(path: Path):
     """A raw pymilvus client on the run's Lite file, released afterwards (Lite allows one process)."""
-    from milvus_lite.server_manager import server_manager_instance
+    from engine.milvus import lite
 
     client = MilvusClient(str(path))
     try:
         yield client
     finally:
         client.close()
-        server_manager_instance.release_server(os.path.abspath(path))
+        lite.release(str(path))
 
 
 @pytest.fixture(scope="module")

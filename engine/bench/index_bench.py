@@ -28,23 +28,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from engine.bench.index_catalog import (
-    CATALOG,
-    IndexConfig,
-    check_supported,
-    drop_all_indexes,
-    load_sweep_toml,
-    parse_specs,
-    probe_support,
-    server_version,
-    wire_index_params,
-)
+from engine.bench.index_catalog import check_supported, load_sweep_toml, parse_specs
+from engine.cluster import cluster_graph
 from engine.errors import EngineError
-from engine.store import mask_uri
+from engine.graph import KnnGraph, build_knn_graph, exact_knn
+from engine.milvus import lite
+from engine.milvus.client import mask_uri, redact, server_version
+from engine.milvus.indexes import CATALOG, FLAT, HNSW, IVF_FLAT, IndexConfig
+from engine.milvus.probe import probe_support
+from engine.milvus.store import MilvusStore
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SWEEP = ("FLAT", "IVF_FLAT", "HNSW")
+DEFAULT_SWEEP = (FLAT.index_type, IVF_FLAT.index_type, HNSW.index_type)
 #: Milvus 2.3 minSegmentNumRowsToEnableIndex: smaller segments are brute-forced whatever the index.
 SMALL_SEGMENT_ROWS = 1024
 COLUMNS = [
@@ -141,142 +137,27 @@ def _run_dir_uri(run_dir: Path) -> str | None:
     return None
 
 
-# ---------------------------------------------------------------------- exact ground truth
+# ---------------------------------------------------------------------- graphs and clusters
 
 
-def exact_topk(
-    queries: np.ndarray, vectors: np.ndarray, k: int, exclude: np.ndarray | None = None, block: int = 1024
-) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-k by cosine similarity for unit vectors: (positions int64, similarities float32).
-
-    ``exclude[i]`` is the position of query i in ``vectors`` (self-queries), dropped from its row.
-    Blocked over queries so memory stays at block x N.
-    """
-    n = vectors.shape[0]
-    kk = min(k, n - (1 if exclude is not None else 0))
-    idx = np.empty((queries.shape[0], kk), dtype=np.int64)
-    sim = np.empty((queries.shape[0], kk), dtype=np.float32)
-    for s in range(0, queries.shape[0], block):
-        e = min(s + block, queries.shape[0])
-        scores = queries[s:e] @ vectors.T
-        if exclude is not None:
-            scores[np.arange(e - s), exclude[s:e]] = -np.inf
-        part = np.argpartition(-scores, kk - 1, axis=1)[:, :kk]
-        ps = np.take_along_axis(scores, part, axis=1)
-        order = np.argsort(-ps, axis=1, kind="stable")
-        idx[s:e] = np.take_along_axis(part, order, axis=1)
-        sim[s:e] = np.take_along_axis(ps, order, axis=1)
-    return idx, sim
-
-
-def exact_graph(vectors: np.ndarray, k: int, progress: bool = False) -> Any:
-    """Exact kNN graph: engine.graph.exact_knn when present, else the blocked numpy fallback."""
-    try:
-        from engine.graph import exact_knn  # type: ignore[attr-defined]
-    except ImportError:
-        exact_knn = None
-    if exact_knn is not None:
-        return exact_knn(vectors, k, progress=progress)
-    pos, sim = exact_topk(vectors, vectors, k, exclude=np.arange(vectors.shape[0]))
-    dist = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * sim)).astype(np.float32)
-    return _make_graph(pos.astype(np.int32), dist)
-
-
-def _make_graph(indices: np.ndarray, distances: np.ndarray) -> Any:
-    try:
-        from engine.graph import KnnGraph  # type: ignore[attr-defined]
-    except ImportError:
-        return _FallbackGraph(indices, distances)
-    return KnnGraph(indices=indices, distances=distances)
-
-
-@dataclass
-class _FallbackGraph:
-    """Stand-in for engine.graph.KnnGraph until that lands: indices/distances + to_csr()."""
-
-    indices: np.ndarray
-    distances: np.ndarray
-
-    def to_csr(self) -> Any:
-        import scipy.sparse as sp
-
-        n, k = self.indices.shape
-        mask = self.indices >= 0
-        rows = np.repeat(np.arange(n), k)[mask.ravel()]
-        data = self.distances[mask].astype(np.float32)
-        m = sp.csr_matrix((data, (rows, self.indices[mask])), shape=(n, n))
-        m.data[m.data == 0] = 0.0  # explicit zeros (duplicates) stay stored
-        return m
-
-
-def _graph_arrays(graph: Any) -> tuple[np.ndarray, np.ndarray]:
-    return np.asarray(graph.indices), np.asarray(graph.distances)
-
-
-def milvus_graph(store: Any, vectors: np.ndarray, ids: np.ndarray, k: int, progress: bool) -> Any:
-    """Full kNN graph through Milvus: engine.graph.build_knn_graph when present, else batched search."""
-    try:
-        from engine.graph import build_knn_graph  # type: ignore[attr-defined]
-    except ImportError:
-        build_knn_graph = None
-    if build_knn_graph is not None:
-        return build_knn_graph(store, vectors, ids, k=k, workers=None, batch_size=None, progress=progress)
-    from tqdm import tqdm
-
-    n = vectors.shape[0]
-    pos_of = _id_lookup(ids)
-    out_idx = np.full((n, k), -1, dtype=np.int32)
-    out_dist = np.full((n, k), np.inf, dtype=np.float32)
-    for s in tqdm(range(0, n, 256), desc="knn graph", disable=not progress, leave=False):
-        e = min(s + 256, n)
-        hit_ids, raw = store.search(vectors[s:e], limit=k + 1)
-        for j in range(e - s):
-            keep = (hit_ids[j] != ids[s + j]) & (hit_ids[j] >= 0)
-            hid = hit_ids[j][keep][:k]
-            d = np.sqrt(np.maximum(0.0, 2.0 - 2.0 * raw[j][keep][:k]))
-            out_idx[s + j, : len(hid)] = pos_of(hid)
-            out_dist[s + j, : len(hid)] = d
-    return _make_graph(out_idx, out_dist)
-
-
-def _id_lookup(ids: np.ndarray):
-    """Map Milvus ids back to positions (ids need not be 0..N-1)."""
-    order = np.argsort(ids)
-    sorted_ids = ids[order]
-
-    def lookup(hid: np.ndarray) -> np.ndarray:
-        at = np.clip(np.searchsorted(sorted_ids, hid), 0, len(sorted_ids) - 1)
-        return np.where(sorted_ids[at] == hid, order[at], -1).astype(np.int32)
-
-    return lookup
-
-
-def cluster_labels(graph: Any, min_cluster_size: int, min_samples: int | None) -> np.ndarray:
-    """HDBSCAN labels on a kNN graph: engine.cluster.cluster_graph when present, else fast_hdbscan."""
-    try:
-        from engine.cluster import cluster_graph  # type: ignore[attr-defined]
-    except ImportError:
-        cluster_graph = None
-    if cluster_graph is not None:
-        return np.asarray(
-            cluster_graph(graph, min_cluster_size=min_cluster_size, min_samples=min_samples).labels
-        )
-    import fast_hdbscan
-
-    model = fast_hdbscan.HDBSCAN(
-        min_cluster_size=min_cluster_size, min_samples=min_samples, metric="precomputed"
+def milvus_graph(
+    store: MilvusStore,
+    vectors: np.ndarray,
+    ids: np.ndarray,
+    k: int,
+    progress: bool,
+    rows: np.ndarray | None = None,
+    batch_size: int | None = None,
+) -> KnnGraph:
+    """kNN graph (or the graph rows ``rows``) through Milvus with the store's current search parameters."""
+    return build_knn_graph(
+        store, vectors, ids, k=k, workers=None, batch_size=batch_size, progress=progress, rows=rows
     )
-    return np.asarray(model.fit_predict(graph.to_csr()))
 
 
-def graph_recall(approx: Any, exact: Any) -> float:
-    """Fraction of exact kNN edges the approximate graph found (tie-tolerant by distance)."""
-    ai, ad = _graph_arrays(approx)
-    ei, ed = _graph_arrays(exact)
-    k = min(ai.shape[1], ei.shape[1])
-    kth = ed[:, k - 1 : k]
-    ok = (ai[:, :k] >= 0) & (ad[:, :k] <= kth + 1e-4)
-    return float(np.minimum(ok.sum(axis=1), k).sum() / (k * ai.shape[0]))
+def cluster_labels(graph: KnnGraph, min_cluster_size: int, min_samples: int | None) -> np.ndarray:
+    """HDBSCAN labels on a kNN graph (the engine's own graph HDBSCAN)."""
+    return np.asarray(cluster_graph(graph, min_cluster_size=min_cluster_size, min_samples=min_samples).labels)
 
 
 # -------------------------------------------------------------------------------- bench
@@ -285,15 +166,6 @@ def graph_recall(approx: Any, exact: Any) -> float:
 def _quiet_milvus_logs() -> None:
     for name in ("pymilvus", "milvus_lite", "pymilvus.decorators"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
-
-
-def _redact(text: str, token: str | None) -> str:
-    """The command line as saved in the results, without the token."""
-    return text.replace(token, "***") if token else text
-
-
-def _dir_bytes(path: Path, pattern: str = "*.idx") -> int:
-    return sum(f.stat().st_size for f in path.rglob(pattern) if f.is_file()) if path.exists() else 0
 
 
 class IndexBench:
@@ -374,8 +246,6 @@ class IndexBench:
 
     def fit(self, vectors: np.ndarray, ids: np.ndarray | None = None) -> IndexBench:
         """Insert once, then build/measure every config; results in ``results_``."""
-        from engine.store import MilvusStore
-
         _quiet_milvus_logs()
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         n, dim = vectors.shape
@@ -390,7 +260,7 @@ class IndexBench:
         name = self.collection or f"engine_bench_{os.getpid()}_{int(time.time()) % 100000}"
         # The store is created with FLAT and retargeted per build group (same collection).
         store = MilvusStore(
-            uri, token=self._token, collection=name, dim=dim, metric=self.metric, index_type="FLAT"
+            uri, token=self._token, collection=name, dim=dim, metric=self.metric, index_type=FLAT.index_type
         )
         try:
             self.server_version_ = server_version(store.client)
@@ -401,7 +271,7 @@ class IndexBench:
             if self.probe:
                 types = sorted({c.index_type for c in configs})
                 self.support_ = probe_support(
-                    store.client,
+                    store,
                     types,
                     metric=self.metric,
                     timeout=self.probe_timeout,
@@ -414,11 +284,11 @@ class IndexBench:
                     log.warning("skipping %s: %s", t, why)
             rng = np.random.default_rng(self.seed)
             q_pos = np.sort(rng.choice(n, size=min(self.n_queries, n), replace=False))
-            gt_idx, gt_sim = exact_topk(vectors[q_pos], vectors, self.k, exclude=q_pos)
+            exact_q = exact_knn(vectors, self.k, rows=q_pos, progress=False)
             exact_g = exact_clusters = None
             if self.graph_k > 0:
                 t0 = time.perf_counter()
-                exact_g = exact_graph(vectors, self.graph_k, progress=self.progress)
+                exact_g = exact_knn(vectors, self.graph_k, progress=self.progress)
                 self.timings_["exact_graph_s"] = time.perf_counter() - t0
                 t0 = time.perf_counter()
                 exact_clusters = cluster_labels(exact_g, self.min_cluster_size, self.min_samples)
@@ -437,10 +307,10 @@ class IndexBench:
 
             bar = tqdm(total=len(configs), desc="index configs", disable=not self.progress)
             for group in groups.values():
-                build_s, load_s, size, source = self._build(store, group[0], n, dim, scratch, name)
+                build_s, load_s, size, source = self._build(store, group[0], n, dim)
                 for cfg in group:
                     bar.set_postfix_str(cfg.label)
-                    row = self._measure(store, cfg, vectors, ids, q_pos, gt_sim, exact_g, exact_clusters)
+                    row = self._measure(store, cfg, vectors, ids, q_pos, exact_q, exact_g, exact_clusters)
                     row.update(build_s=build_s, load_s=load_s, index_mb=size / 1e6, size_source=source)
                     rows.append(row)
                     bar.update(1)
@@ -456,36 +326,12 @@ class IndexBench:
                 shutil.rmtree(scratch, ignore_errors=True)
         return self
 
-    def _build(
-        self, store: Any, cfg: IndexConfig, n: int, dim: int, scratch: Path | None, name: str
-    ) -> tuple[float, float, int, str]:
-        """Drop any index, create this one (timed until built), then release+load (timed)."""
-        client = store.client
-        drop_all_indexes(client, name)
-        store.index_type = cfg.index_type
-        store.index_params = cfg.index_params()
-        store.search_params = cfg.search_params()
-        params = client.prepare_index_params()
-        params.add_index(
-            "vector",
-            index_type=cfg.index_type,
-            metric_type=self.metric,
-            params=wire_index_params(cfg.index_params(), store.is_lite),
-        )
+    def _build(self, store: MilvusStore, cfg: IndexConfig, n: int, dim: int) -> tuple[float, float, int, str]:
+        """Create this config's index through the store (timed until built), then load it (timed)."""
         t0 = time.perf_counter()
-        try:
-            client.create_index(name, params, timeout=self.build_timeout)
-        except Exception as exc:  # noqa: BLE001
-            # A long build on Milvus Lite can outlive the gRPC keepalive (GOAWAY "too_many_pings");
-            # pymilvus then retries and Lite answers "index already exists" for the finished build.
-            existing = (client.describe_index(name, "vector") or {}) if "already exists" in str(exc) else {}
-            if str(existing.get("index_type", "")).upper() != cfg.index_type:
-                raise EngineError(
-                    f"create_index {cfg.label} failed: {str(exc).splitlines()[0][:200]}"
-                ) from None
-        desc = self._wait_built(client, name, cfg, t0) if not store.is_lite else {}
+        store.create_index(cfg.index_type, cfg.index_params(), timeout=self.build_timeout)
         build_s = time.perf_counter() - t0
-        desc = client.describe_index(name, "vector") or {}
+        desc = store.describe_index()
         if str(desc.get("index_type", cfg.index_type)).upper() != cfg.index_type:
             raise EngineError(f"Milvus built {desc.get('index_type')} when asked for {cfg.index_type}")
         applied = desc.get("params")
@@ -494,31 +340,15 @@ class IndexBench:
                 if key in applied and str(applied[key]).lower() != str(want).lower():
                     raise EngineError(f"{cfg.label}: Milvus applied {key}={applied[key]}, not {want}")
         t0 = time.perf_counter()
-        client.load_collection(name, timeout=None)
+        store.load()
         load_s = time.perf_counter() - t0
-        store._loaded = True
         size, source = 0, "estimate"
         if store.is_lite:
-            size = _dir_bytes(Path(store.uri) / "collections" / name)
+            size = lite.index_bytes(store.uri, store.collection)
             source = "lite index files"
         if size == 0:
             size, source = cfg.estimate_bytes(n, dim), "estimate"
         return build_s, load_s, size, source
-
-    def _wait_built(self, client: Any, name: str, cfg: IndexConfig, t0: float) -> dict[str, Any]:
-        """A server builds per segment in the background: poll until built; Failed/timeout -> EngineError."""
-        while True:
-            desc = client.describe_index(name, "vector") or {}
-            state = str(desc.get("state", "")).lower()
-            if state == "failed":
-                raise EngineError(f"{cfg.label}: index build failed: {desc.get('index_state_fail_reason')}")
-            if int(desc.get("pending_index_rows", 0) or 0) == 0 and state in ("finished", ""):
-                return desc
-            if time.perf_counter() - t0 > self.build_timeout:
-                raise EngineError(
-                    f"{cfg.label}: index not built after {self.build_timeout:g} s (--build-timeout)"
-                )
-            time.sleep(0.2)
 
     def _measure(
         self,
@@ -527,8 +357,8 @@ class IndexBench:
         vectors: np.ndarray,
         ids: np.ndarray,
         q_pos: np.ndarray,
-        gt_sim: np.ndarray,
-        exact_g: Any,
+        exact_q: KnnGraph,
+        exact_g: KnnGraph | None,
         exact_clusters: np.ndarray | None,
     ) -> dict[str, Any]:
         store.search_params = cfg.search_params()
@@ -543,7 +373,8 @@ class IndexBench:
                 hit_ids[s : s + self.batch_nq], _ = store.search(queries[s : s + self.batch_nq], limit=k + 1)
             best = min(best, time.perf_counter() - t0)
         qps = len(q_pos) / best
-        recall = recall_at_k(hit_ids, ids, q_pos, vectors, gt_sim, k)
+        sample = milvus_graph(store, vectors, ids, k, progress=False, rows=q_pos, batch_size=self.batch_nq)
+        recall = sample.recall_against(exact_q)
         lat = []
         for i in range(min(self.latency_queries, len(q_pos))):
             t0 = time.perf_counter()
@@ -565,7 +396,7 @@ class IndexBench:
             t0 = time.perf_counter()
             g = milvus_graph(store, vectors, ids, self.graph_k, progress=self.progress)
             row["graph_s"] = time.perf_counter() - t0
-            row["graph_recall"] = graph_recall(g, exact_g)
+            row["graph_recall"] = g.recall_against(exact_g)
             row["graph_missing"] = int(np.sum(np.asarray(g.indices) < 0))
             labels = cluster_labels(g, self.min_cluster_size, self.min_samples)
             n_c = int(labels.max() + 1) if labels.size else 0
@@ -578,25 +409,6 @@ class IndexBench:
                 noise_frac=float(np.mean(labels < 0)),
             )
         return row
-
-
-def recall_at_k(
-    hit_ids: np.ndarray, ids: np.ndarray, q_pos: np.ndarray, vectors: np.ndarray, gt_sim: np.ndarray, k: int
-) -> float:
-    """Tie-tolerant recall@k: a returned neighbour counts if it is as close as the exact k-th one.
-
-    Self is removed by id (not by position: with duplicates Milvus may return a twin first).
-    """
-    pos_of = _id_lookup(ids)
-    total = 0
-    for j, qp in enumerate(q_pos):
-        row = hit_ids[j]
-        row = row[(row >= 0) & (row != ids[qp])][:k]
-        pos = pos_of(row)
-        pos = pos[pos >= 0]
-        sims = vectors[pos] @ vectors[qp]
-        total += min(int(np.sum(sims >= gt_sim[j, k - 1] - 1e-5)), k)
-    return total / (k * len(q_pos))
 
 
 # ----------------------------------------------------------------------- report helpers
@@ -822,7 +634,7 @@ def run(args: argparse.Namespace) -> int:
         "graph_k": args.graph_k,
         "repeats": args.repeats,
         "min_cluster_size": args.min_cluster_size,
-        "command": _redact("engine bench-index " + " ".join(sys.argv[1:]), token) if sys.argv else "",
+        "command": redact("engine bench-index " + " ".join(sys.argv[1:]), token) if sys.argv else "",
         "recommendation": rec,
     }
     if not bench.server_version_.startswith("milvus_lite") and meta["n"] < SMALL_SEGMENT_ROWS:

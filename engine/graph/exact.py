@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from engine.errors import EngineError
 from engine.graph.distances import pairwise_euclidean
 from engine.graph.knn import KnnGraph
-from engine.graph.milvus_knn import _finish_rows
+from engine.graph.rows import finish_rows
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ def _exact_cpu(
             cand = _topk_candidates(scores, c).astype(np.int64)
             del scores
             dist = pairwise_euclidean(q, xf[cand.reshape(-1)].reshape(cand.shape[0], cand.shape[1], dim))
-            ci, cd = _finish_rows(cand, dist, rows, k)
+            ci, cd = finish_rows(cand, dist, rows, k)
             out_i[s : s + len(rows)] = ci
             out_d[s : s + len(rows)] = cd
             bar.update(len(rows))
@@ -173,7 +173,7 @@ def _exact_cuda(
                     np.ascontiguousarray(x[cand.reshape(-1)], dtype=np.float32).reshape(*cand.shape, dim)
                 ).to(dev)
                 dist = torch.linalg.vector_norm(cv - qf[:, None, :], dim=2).cpu().numpy()
-                ci, cd = _finish_rows(cand, dist, rows, k)
+                ci, cd = finish_rows(cand, dist, rows, k)
                 out_i[s + s2 : s + s2 + len(ci)] = ci
                 out_d[s + s2 : s + s2 + len(ci)] = cd
             bar.update(len(cand_all))

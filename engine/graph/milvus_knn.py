@@ -22,6 +22,7 @@ from tqdm.auto import tqdm
 from engine.errors import EngineError
 from engine.graph.distances import pairwise_euclidean, to_euclidean
 from engine.graph.knn import KnnGraph
+from engine.graph.rows import finish_rows, id_positions, map_ids_to_positions
 
 log = logging.getLogger(__name__)
 
@@ -37,38 +38,6 @@ def suggest_search_shape(store: Any) -> dict[str, int]:
     if getattr(store, "is_lite", False):
         return {"workers": 2, "batch_size": 256}
     return {"workers": 4, "batch_size": 256}
-
-
-def map_ids_to_positions(hit_ids: np.ndarray, sorted_ids: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Milvus ids -> corpus positions (int64), -1 for ids not in the corpus or missing (-1) hits."""
-    n = sorted_ids.shape[0]
-    pos = np.searchsorted(sorted_ids, hit_ids)
-    pos_c = np.minimum(pos, max(n - 1, 0))
-    found = (pos < n) & (sorted_ids[pos_c] == hit_ids) & (hit_ids >= 0) if n else np.zeros_like(hit_ids, bool)
-    out = np.where(found, order[pos_c], -1)
-    return out.astype(np.int64)
-
-
-def _finish_rows(
-    cand: np.ndarray, dist: np.ndarray, self_pos: np.ndarray, k: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Drop self and unknown candidates, sort each row by (distance, position), keep k."""
-    bad = (cand < 0) | (cand == self_pos[:, None]) | ~np.isfinite(dist)
-    dist = np.where(bad, np.inf, dist).astype(np.float32)
-    cand = np.where(bad, -1, cand)
-    # Stable two-key sort: by position first, then stably by distance (ties -> lower position).
-    o1 = np.argsort(cand, axis=1, kind="stable")
-    cand = np.take_along_axis(cand, o1, axis=1)
-    dist = np.take_along_axis(dist, o1, axis=1)
-    o2 = np.argsort(dist, axis=1, kind="stable")
-    cand = np.take_along_axis(cand, o2, axis=1)[:, :k]
-    dist = np.take_along_axis(dist, o2, axis=1)[:, :k]
-    if cand.shape[1] < k:
-        pad = k - cand.shape[1]
-        cand = np.pad(cand, ((0, 0), (0, pad)), constant_values=-1)
-        dist = np.pad(dist, ((0, 0), (0, pad)), constant_values=np.inf)
-    cand[~np.isfinite(dist)] = -1
-    return cand.astype(np.int32), dist
 
 
 def _run_bounded(run: Any, starts: range, workers: int, bar: Any) -> None:
@@ -129,8 +98,7 @@ def build_knn_graph(
     batch_size = int(batch_size or shape["batch_size"])
     if workers < 1 or batch_size < 1:
         raise EngineError("workers and batch_size must be >= 1 (parameters workers, batch_size)")
-    order = np.argsort(ids, kind="stable")
-    sorted_ids = ids[order]
+    sorted_ids, order = id_positions(ids)
     if n > 1 and (np.diff(sorted_ids) == 0).any():
         dup = int(sorted_ids[np.where(np.diff(sorted_ids) == 0)[0][0]])
         raise EngineError(f"build_knn_graph: id {dup} appears twice in ids (parameter ids)")
@@ -165,7 +133,7 @@ def build_knn_graph(
             dist[cand < 0] = np.inf
         else:
             dist = to_euclidean(raw, metric)
-        ci, cd = _finish_rows(cand, dist, self_pos, k)
+        ci, cd = finish_rows(cand, dist, self_pos, k)
         out_idx[start:stop] = ci
         out_dist[start:stop] = cd
         return stop - start

@@ -20,31 +20,9 @@ from engine.errors import EngineError
 from engine.graph.exact import exact_knn
 from engine.graph.knn import KnnGraph
 from engine.graph.milvus_knn import build_knn_graph
+from engine.milvus.indexes import EXACT_INDEXES, search_ladder
 
 log = logging.getLogger(__name__)
-
-# The one search knob that trades speed for recall, per index type, and the values tried
-# (ascending cost). Index types not listed (FLAT, IVF_PQ without refine, AUTOINDEX) are searched
-# as configured and only measured.
-SEARCH_KNOBS: dict[str, str] = {
-    "HNSW": "ef",
-    "HNSW_SQ": "ef",
-    "HNSW_PQ": "ef",
-    "IVF_FLAT": "nprobe",
-    "IVF_SQ8": "nprobe",
-    "IVF_PQ": "nprobe",
-    "SCANN": "nprobe",
-    "GPU_IVF_FLAT": "nprobe",
-    "GPU_IVF_PQ": "nprobe",
-    "DISKANN": "search_list",
-}
-# Brute-force indexes: recall 1.0 by construction, nothing to measure or tune.
-EXACT_INDEXES = ("FLAT", "BRUTE_FORCE", "GPU_BRUTE_FORCE")
-LADDERS: dict[str, tuple[int, ...]] = {
-    "ef": (32, 48, 64, 96, 128, 192, 256, 384, 512, 768),
-    "nprobe": (8, 16, 32, 64, 128, 256, 512),
-    "search_list": (32, 64, 128, 256, 512),
-}
 
 
 @dataclass
@@ -79,18 +57,6 @@ def sample_rows(n: int, sample: int, seed: int = 0) -> np.ndarray:
         raise EngineError(f"recall sample must be >= 1, got {sample} (parameter sample)")
     rng = np.random.default_rng(seed)
     return np.sort(rng.choice(n, size=min(int(sample), n), replace=False)).astype(np.int64)
-
-
-def ladder_for(index_type: str, k: int, start: dict[str, Any] | None = None) -> tuple[str | None, list[int]]:
-    """The knob for ``index_type`` and the values to try; ef below k+1 is pointless (Milvus needs ef >= limit)."""
-    knob = SEARCH_KNOBS.get(str(index_type).upper())
-    if knob is None:
-        return None, []
-    values = sorted({max(v, k + 1) if knob == "ef" else v for v in LADDERS[knob]})
-    if start and knob in start:
-        floor = int(start[knob])
-        values = [floor] + [v for v in values if v > floor]
-    return knob, values
 
 
 def measure_recall(
@@ -129,16 +95,15 @@ def tune_search_params(
     target_recall: float = 0.95,
     sample: int = 1000,
     search_params: dict[str, Any] | None = None,
-    tune: bool = True,
     workers: int | None = None,
     batch_size: int | None = None,
-    seed: int = 0,
+    seed: int | None = 0,
     progress: bool = True,
 ) -> TuneResult:
     """Walk the knob's ladder upwards until recall@k on the sample reaches ``target_recall``.
 
-    ``search_params`` are kept (and their knob value is the ladder's floor). With ``tune=False``
-    or an index without a knob, the given parameters are only measured. If no value reaches the
+    The policy (the CLI's ``--search-params``): ``search_params`` are kept; if they set the index's
+    knob, or the index has none, the given parameters are only measured. If no value reaches the
     target, the best one is returned with ``met=False`` (and a warning): the caller decides.
     """
     if not 0.0 < target_recall <= 1.0:
@@ -149,7 +114,9 @@ def tune_search_params(
     exact = exact_knn(vectors, k, rows=rows, progress=progress)
     exact_seconds = time.perf_counter() - t
     base = dict(search_params or {})
-    knob, values = ladder_for(getattr(store, "index_type", ""), k, base) if tune else (None, [])
+    knob, values = search_ladder(getattr(store, "index_type", ""), k)
+    if knob in base:
+        knob = None  # the user's value is kept
     if knob is None:
         values = [None]  # measure the configuration as given
     trials: list[dict[str, Any]] = []
@@ -203,12 +170,10 @@ def check_recall(
     batch_size: int | None = None,
     seed: int | None = 0,
 ) -> TuneResult | None:
-    """The graph stage's recall policy: None for exact indexes or ``sample=0``; a search knob the user
-    set is kept and only measured; otherwise the knob is tuned up to ``target_recall``."""
+    """The graph stage's recall check: None for exact indexes or ``sample=0``, else
+    :func:`tune_search_params` on a sample of ``sample`` queries."""
     if not sample or store.index_type in EXACT_INDEXES:
         return None
-    user_params = dict(search_params or {})
-    knob = SEARCH_KNOBS.get(store.index_type)
     log.info("graph: checking recall@%d on %d sampled queries", k, min(sample, len(ids)))
     return tune_search_params(
         store,
@@ -217,8 +182,7 @@ def check_recall(
         k=k,
         target_recall=target_recall,
         sample=sample,
-        search_params=user_params,
-        tune=knob is not None and knob not in user_params,
+        search_params=search_params,
         workers=workers,
         batch_size=batch_size,
         seed=seed,

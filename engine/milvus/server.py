@@ -18,7 +18,7 @@ Usage::
     with LocalMilvusServer("/tmp/milvus-data", port=19530) as server:
         MilvusClient(uri=server.uri)
 
-or from a shell: ``python -m engine.server --data-dir DIR --port 19530`` (Ctrl+C stops it).
+or from a shell: ``python -m engine.milvus.server --data-dir DIR --port 19530`` (Ctrl+C stops it).
 """
 
 from __future__ import annotations
@@ -407,6 +407,8 @@ class LocalMilvusServer:
                 config.resolve()  # checks the ports and writes configs/milvus.yaml
             except RuntimeError as exc:
                 raise EngineError(f"cannot configure the Milvus server in {base}: {exc}") from exc
+            # Private API of the `milvus` package (no public way to unpack its bundled binary without
+            # also starting it): kept only here, and pyproject.toml pins milvus==2.3.5 exactly.
             milvus._initialize_data_files(str(base))  # unpacks the bundled binary once (md5-cached)
 
             exe = base / "bin" / "milvus"
@@ -644,8 +646,10 @@ class LocalMilvusServer:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m engine.server --data-dir DIR [--port 19530]``: serve until Ctrl+C / SIGTERM."""
-    parser = argparse.ArgumentParser(prog="python -m engine.server", description=__doc__.splitlines()[0])
+    """``python -m engine.milvus.server --data-dir DIR [--port 19530]``: serve until Ctrl+C / SIGTERM."""
+    parser = argparse.ArgumentParser(
+        prog="python -m engine.milvus.server", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("--data-dir", required=True, help="folder for the server's data, logs and config")
     parser.add_argument("--port", type=int, default=DEFAULT_PORT, help="gRPC port (0 = any free port)")
     parser.add_argument(

@@ -5,15 +5,13 @@ ids, index build, batched search returning numpy arrays), and Milvus Lite has pi
 must be handled in one place (L2 brute force allocating (nq, n, dim), one process per data
 directory, unflushed rows searched by brute force, vectors returned unless
 ``output_fields=[]``). Server mode adds retries with exponential backoff and a token that is
-never printed.
+never printed. Index types and their parameters: :mod:`engine.milvus.indexes`; Lite workarounds:
+:mod:`engine.milvus.lite`.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-import os
-import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any, TypeVar
@@ -22,47 +20,30 @@ import numpy as np
 
 from engine import logs
 from engine.errors import EngineError
+from engine.milvus import lite
+from engine.milvus.client import (
+    check_collection_name,
+    connect_server,
+    is_lite_uri,
+    is_transient,
+    mask_uri,
+    redact,
+    retrying,
+)
+from engine.milvus.indexes import (
+    allowed_index_types,
+    check_index_params,
+    default_index_params,
+    default_search_params,
+)
 
 log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
 METRICS = ("COSINE", "IP", "L2")
-#: Index types Milvus Lite 3.x accepts (FIELD-NOTES: it refuses IVF_PQ, DISKANN, SCANN).
-LITE_INDEX_TYPES = ("AUTOINDEX", "FLAT", "BRUTE_FORCE", "IVF_FLAT", "IVF_SQ8", "HNSW", "HNSW_SQ")
-#: Index types a Milvus server accepts for FLOAT_VECTOR (GPU_* need the GPU image).
-SERVER_INDEX_TYPES = (
-    "AUTOINDEX",
-    "FLAT",
-    "IVF_FLAT",
-    "IVF_SQ8",
-    "IVF_PQ",
-    "HNSW",
-    "HNSW_SQ",
-    "HNSW_PQ",
-    "HNSW_PRQ",
-    "SCANN",
-    "DISKANN",
-    "GPU_BRUTE_FORCE",
-    "GPU_IVF_FLAT",
-    "GPU_IVF_PQ",
-    "GPU_CAGRA",
-)
-#: Max bytes Lite's L2 brute force may allocate per search call ((nq, n, dim) float32).
-LITE_L2_BRUTE_BUDGET = 512 * 1024**2
-#: pymilvus pings every 10 s, even with no call in flight; Milvus Lite's in-process gRPC server allows
-#: a ping only every 5 minutes without data and answers more with GOAWAY ``too_many_pings`` (logged by
-#: gRPC during a long embedding). The connection is in-process: ping no more often than the server allows.
-LITE_GRPC_OPTIONS = {"grpc.keepalive_time_ms": 360_000, "grpc.keepalive_permit_without_calls": False}
 #: Milvus caps a query() window at 16,384 rows.
 QUERY_WINDOW = 16_384
-#: Lite memtable segments hold at most this many rows (milvus_lite.constants.MAX_SEGMENT_ROWS).
-LITE_MAX_SEGMENT_ROWS = 100_000
-
-
-def is_lite_uri(uri: str) -> bool:
-    """A local path (``./out/milvus.db``) means Milvus Lite; http(s)/tcp/unix means a server."""
-    return not uri.startswith(("http://", "https://", "tcp://", "grpc://", "unix:"))
 
 
 def truncate_utf8(text: str, max_bytes: int) -> str:
@@ -71,150 +52,6 @@ def truncate_utf8(text: str, max_bytes: int) -> str:
     if len(raw) <= max_bytes:
         return text
     return raw[:max_bytes].decode("utf-8", errors="ignore")
-
-
-def mask_uri(uri: str) -> str:
-    """Hide ``user:password@`` credentials embedded in a URI."""
-    if "@" in uri and "://" in uri:
-        scheme, rest = uri.split("://", 1)
-        return f"{scheme}://***@{rest.split('@', 1)[1]}"
-    return uri
-
-
-def strip_uri_credentials(uri: str) -> tuple[str, str | None]:
-    """``http://user:pw@host:19530`` -> (``http://host:19530``, ``"user:pw"``); other URIs unchanged.
-
-    Why: the URI is saved to ``run.toml``; credentials travel as the token instead, which is never saved.
-    """
-    if "://" not in uri:
-        return uri, None
-    scheme, rest = uri.split("://", 1)
-    netloc, sep, path = rest.partition("/")
-    if "@" not in netloc:
-        return uri, None
-    userinfo, host = netloc.rsplit("@", 1)
-    return f"{scheme}://{host}{sep}{path}", userinfo or None
-
-
-#: Milvus collection names: a letter or ``_`` first, then letters, digits, ``_``; at most 255 characters.
-_COLLECTION_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]{0,254}")
-
-
-def check_collection_name(name: str) -> None:
-    """Raise EngineError unless ``name`` is a valid Milvus collection name (checked before any work)."""
-    if not isinstance(name, str) or not _COLLECTION_NAME.fullmatch(name):
-        raise EngineError(
-            f"--collection {name!r} is not a valid Milvus collection name: start with a letter or _, then "
-            "only letters, digits and _ (at most 255 characters)"
-        )
-
-
-#: Integer ranges of the index build / search parameters Milvus documents, per parameter name.
-#: Values outside them reach Faiss/Knowhere unchecked: measured, HNSW M=-5 grew the process to 21 GB
-#: and M=0 aborted with a Faiss assertion. Parameters not listed here are passed through unchecked.
-PARAM_RANGES: dict[str, tuple[int, int]] = {
-    "M": (2, 2048),
-    "efConstruction": (1, 2**31 - 1),
-    "ef": (1, 32768),
-    "nlist": (1, 65536),
-    "nprobe": (1, 65536),
-    "m": (1, 65536),
-    "nbits": (1, 16),
-    "reorder_k": (1, 2**31 - 1),
-    "search_list": (1, 65535),
-    "intermediate_graph_degree": (1, 1024),
-    "graph_degree": (1, 1024),
-    "itopk_size": (1, 65536),
-    "search_width": (1, 65536),
-    "level": (1, 5),
-}
-
-
-def check_index_params(
-    params: dict[str, Any] | None, option: str, index_type: str | None = None, dim: int | None = None
-) -> None:
-    """Raise EngineError naming ``option`` and the key when a known parameter is not an integer in range."""
-    for key, value in (params or {}).items():
-        if key not in PARAM_RANGES:
-            continue
-        low, high = PARAM_RANGES[key]
-        if isinstance(value, bool) or not isinstance(value, int):
-            if isinstance(value, float) and value.is_integer():
-                value = int(value)
-            else:
-                raise EngineError(f"{option}: {key!r} must be an integer in {low}..{high}, got {value!r}")
-        if not low <= value <= high:
-            raise EngineError(f"{option}: {key!r} must be an integer in {low}..{high}, got {value!r}")
-    if index_type in ("IVF_PQ", "GPU_IVF_PQ") and dim and "m" in (params or {}):
-        if dim % int(params["m"]):  # type: ignore[index]
-            raise EngineError(f"{option}: 'm' ({params['m']}) must divide the vector dimension ({dim})")  # type: ignore[index]
-
-
-def default_index_params(index_type: str, n_rows: int) -> dict[str, Any]:
-    """Build parameters that give recall >= 0.95 on clustered 1024-d data at k <= 50."""
-    if index_type in ("HNSW", "HNSW_SQ", "HNSW_PQ", "HNSW_PRQ"):
-        return {"M": 16, "efConstruction": 200}
-    if index_type.startswith("IVF") or index_type in ("SCANN", "GPU_IVF_FLAT", "GPU_IVF_PQ"):
-        nlist = int(min(65536, max(16, 4 * math.sqrt(max(n_rows, 1)))))
-        params: dict[str, Any] = {"nlist": nlist}
-        if index_type in ("IVF_PQ", "GPU_IVF_PQ"):
-            params.update({"m": 64, "nbits": 8})
-        return params
-    if index_type == "GPU_CAGRA":
-        return {"intermediate_graph_degree": 64, "graph_degree": 32}
-    return {}
-
-
-def default_search_params(index_type: str, limit: int, index_params: dict[str, Any]) -> dict[str, Any]:
-    """Search knobs derived from ``limit``: HNSW ef = max(128, 8*limit), IVF nprobe ~ nlist/8.
-
-    Measured on clustered 1024-d vectors, k=30 (benchmarks/results/graph_*.json): at 20k HNSW
-    ef=64 gives recall@30 0.945-0.951, ef=128 0.97; at 100k ef=128 gives 0.943-0.957 and ef=256
-    0.961-0.965 (so k=30 -> ef=248). IVF_SQ8 nprobe=32 of 489 lists gives 0.94 at 20k.
-    """
-    if index_type in ("HNSW", "HNSW_SQ", "HNSW_PQ", "HNSW_PRQ", "AUTOINDEX"):
-        return {"ef": max(128, 8 * limit)}
-    if index_type.startswith("IVF") or index_type in ("SCANN", "GPU_IVF_FLAT", "GPU_IVF_PQ"):
-        nlist = int(index_params.get("nlist", 128))
-        return {"nprobe": int(min(nlist, max(16, nlist // 8)))}
-    if index_type == "GPU_CAGRA":
-        return {"itopk_size": max(64, 2 * limit), "search_width": 4}
-    return {}
-
-
-def _is_transient(exc: BaseException) -> bool:
-    """gRPC UNAVAILABLE / DEADLINE_EXCEEDED, connection resets, server busy: worth a retry."""
-    try:
-        import grpc
-    except ImportError:  # pragma: no cover - pymilvus depends on grpcio
-        grpc = None  # type: ignore[assignment]
-    if isinstance(exc, ConnectionError | TimeoutError):
-        return True
-    if grpc is not None and isinstance(exc, grpc.RpcError):
-        code = exc.code() if hasattr(exc, "code") else None
-        return code in (
-            grpc.StatusCode.UNAVAILABLE,
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-            grpc.StatusCode.RESOURCE_EXHAUSTED,
-        )
-    text = str(exc).lower()
-    return any(
-        s in text
-        for s in (
-            "unavailable",
-            "deadline exceeded",
-            "connection refused",
-            "connection reset",
-            "rate limit",
-            "service not ready",  # a standalone server recovering its embedded etcd (measured under load)
-            # what a restarting standalone server answers until its coordinators are back
-            "find no available rootcoord",
-            "empty grpc client",
-            "node not match",
-            "session not found",
-            "node not found",
-        )
-    )
 
 
 class MilvusStore:
@@ -227,6 +64,8 @@ class MilvusStore:
     ``lite_direct``: Lite searches call the in-process Lite collection directly instead of
     going through its local gRPC server (same results, 2.5-5x the queries per second measured
     on 2 cores; falls back to gRPC when Lite's internals differ).
+    ``rebuild_on_load_failure``: a collection that does not load gets its index rebuilt once (a
+    server killed mid-build); the support probe turns this off, a refusal is its answer.
     """
 
     def __init__(
@@ -246,6 +85,7 @@ class MilvusStore:
         max_retries: int = 5,
         retry_backoff: float = 0.5,
         lite_direct: bool = True,
+        rebuild_on_load_failure: bool = True,
     ) -> None:
         if not uri:
             raise EngineError("milvus uri is empty (parameter uri)")
@@ -267,18 +107,19 @@ class MilvusStore:
         self.lite_direct = bool(lite_direct)
         self._validate()
         self._client: Any = None
+        self._owns_client = True
         self._direct: Any = None
         self._loaded = False
         self._count_cache: int | None = None
         #: Set by the owner of an engine-run server: retries stop at once when it returns False.
         self.alive: Callable[[], bool] | None = None
-        self._rebuilding = False
+        self._rebuilding = not rebuild_on_load_failure
 
     # ------------------------------------------------------------------ setup
     def _validate(self) -> None:
         if self.metric not in METRICS:
             raise EngineError(f"unknown metric {self.metric!r} (parameter metric); expected one of {METRICS}")
-        allowed = LITE_INDEX_TYPES if self.is_lite else SERVER_INDEX_TYPES
+        allowed = allowed_index_types(self.is_lite)
         if self.index_type not in allowed:
             where = "Milvus Lite" if self.is_lite else "a Milvus server"
             raise EngineError(
@@ -315,78 +156,60 @@ class MilvusStore:
         return self._client
 
     def _connect(self) -> Any:
-        from pymilvus import MilvusClient
+        from pymilvus import MilvusClient  # noqa: F401 - imported first so logs.apply() wins
 
         logs.apply()  # pymilvus set its own log levels when it was imported
-
         if self.is_lite:
-            return self._connect_lite(MilvusClient)
-        kwargs: dict[str, Any] = {"uri": self.uri, "timeout": min(self.timeout, 30.0)}
-        if self._token:
-            kwargs["token"] = self._token
-        if self.db_name:
-            kwargs["db_name"] = self.db_name
-        last: BaseException | None = None
-        for attempt in range(self.max_retries + 1):
-            try:
-                return MilvusClient(**kwargs)
-            except Exception as exc:  # pymilvus raises MilvusException on an unreachable server
-                last = exc
-                if "database" in str(exc).lower() and "not" in str(exc).lower():
-                    raise EngineError(
-                        f"Milvus database {self.db_name!r} does not exist at {mask_uri(self.uri)} (parameter db_name)"
-                    ) from None
-                if attempt < self.max_retries:
-                    delay = self.retry_backoff * 2**attempt
-                    log.warning("Milvus at %s unreachable, retrying in %.1fs", mask_uri(self.uri), delay)
-                    time.sleep(delay)
-        reason = self._scrub(str(last)).splitlines()[0][:200] if last else "unknown"
-        raise EngineError(
-            f"cannot reach Milvus server at {mask_uri(self.uri)} (parameter uri) after "
-            f"{self.max_retries + 1} attempts: {reason}"
+            return lite.connect(self.uri, self.db_name)
+        return connect_server(
+            self.uri,
+            self._token,
+            self.db_name,
+            timeout=min(self.timeout, 30.0),
+            attempts=self.max_retries + 1,
+            backoff=self.retry_backoff,
         )
 
-    def _connect_lite(self, client_cls: Any) -> Any:
-        path = os.path.abspath(self.uri)
-        if not path.endswith(".db"):
-            raise EngineError(f"Milvus Lite uri must end in .db, got {self.uri!r} (parameter uri)")
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        if self.db_name not in (None, "", "default"):
-            raise EngineError("Milvus Lite has only the 'default' database (parameter db_name)")
-        try:
-            return client_cls(uri=path, grpc_options=LITE_GRPC_OPTIONS)
-        except Exception as exc:
-            if _lite_dir_locked(path):
-                raise EngineError(
-                    f"Milvus Lite data directory {path} is open in another process (DataDirLockedError); "
-                    "stop that process, or run `milvus-lite server --data-dir DIR --port N` and use "
-                    "http://127.0.0.1:N as the uri"
-                ) from None
-            raise EngineError(f"cannot open Milvus Lite at {path} (parameter uri): {exc}") from None
+    def sibling(self, collection: str, **overrides: Any) -> MilvusStore:
+        """Another collection on this store's connection (closing it leaves the connection open)."""
+        kwargs: dict[str, Any] = dict(
+            uri=self.uri,
+            token=self._token,
+            collection=collection,
+            metric=self.metric,
+            db_name=self.db_name,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+            retry_backoff=self.retry_backoff,
+            lite_direct=self.lite_direct,
+        )
+        kwargs.update(overrides)
+        other = MilvusStore(**kwargs)
+        other._client = self.client
+        other._owns_client = False
+        return other
 
     def _scrub(self, text: str) -> str:
         """Remove the token from any text (error messages may echo connection parameters)."""
-        if self._token and self._token in text:
-            text = text.replace(self._token, "***")
-        return text
+        return redact(text, self._token)
 
-    def _call(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run one client call; retry transient errors with exponential backoff (server mode)."""
-        attempts = 1 if self.is_lite else self.max_retries + 1
-        for attempt in range(attempts):
-            try:
-                return fn(*args, **kwargs)
-            except EngineError:
-                raise
-            except Exception as exc:
-                gone = self.alive is not None and not self.alive()
-                if attempt + 1 < attempts and _is_transient(exc) and not gone:
-                    delay = self.retry_backoff * 2**attempt
-                    log.warning("Milvus %s failed transiently, retry %d in %.1fs", what, attempt + 1, delay)
-                    time.sleep(delay)
-                    continue
-                msg = self._scrub(str(exc)).splitlines()[0][:300] if str(exc) else type(exc).__name__
-                raise EngineError(f"Milvus {what} on collection {self.collection!r} failed: {msg}") from None
+    def _call(self, what: str, fn: Callable[..., T], *args: Any, idempotent: bool = True, **kwargs: Any) -> T:
+        """Run one client call; on a server retry transient errors of idempotent calls (exponential backoff)."""
+        attempts = self.max_retries + 1 if idempotent and not self.is_lite else 1
+
+        def worth_retry(exc: BaseException) -> bool:
+            gone = self.alive is not None and not self.alive()
+            return not isinstance(exc, EngineError) and is_transient(exc) and not gone
+
+        try:
+            for attempt in retrying(what, attempts, self.retry_backoff, worth_retry):
+                with attempt:
+                    return fn(*args, **kwargs)
+        except EngineError:
+            raise
+        except Exception as exc:
+            msg = self._scrub(str(exc)).splitlines()[0][:300] if str(exc) else type(exc).__name__
+            raise EngineError(f"Milvus {what} on collection {self.collection!r} failed: {msg}") from None
         raise AssertionError("unreachable")  # pragma: no cover
 
     def __enter__(self) -> MilvusStore:
@@ -399,6 +222,11 @@ class MilvusStore:
         """Close the connection (and, for Lite, the in-process server so the directory is unlocked)."""
         if self._client is None:
             return
+        if not self._owns_client:  # a sibling: the owner closes the connection
+            self._client = None
+            self._direct = None
+            self._loaded = False
+            return
         try:
             self._client.close()
         except Exception:  # closing must never mask the real error
@@ -407,12 +235,7 @@ class MilvusStore:
         self._direct = None
         self._loaded = False
         if self.is_lite:
-            try:
-                from milvus_lite.server_manager import server_manager_instance
-
-                server_manager_instance.release_server(os.path.abspath(self.uri))
-            except Exception:
-                pass
+            lite.release(self.uri)
 
     # ------------------------------------------------------------- collection
     def has_collection(self) -> bool:
@@ -506,10 +329,28 @@ class MilvusStore:
                 }
                 for i in range(start, stop)
             ]
-            self._call("insert", self.client.insert, self.collection, rows, timeout=self.timeout)
+            self._insert_batch(rows)
             n += stop - start
         self._count_cache = None
         return n
+
+    def _insert_batch(self, rows: list[dict[str, Any]]) -> None:
+        """Insert once; after a transient failure on a server, upsert the batch (retried).
+
+        Why not retry the insert: a server keeps both rows of a duplicated id, and a failed call may
+        still have landed. An upsert replaces whatever landed, so the retry cannot duplicate rows.
+        """
+        client = self.client
+        try:
+            client.insert(self.collection, rows, timeout=self.timeout)
+            return
+        except Exception as exc:
+            gone = self.alive is not None and not self.alive()
+            if self.is_lite or gone or not is_transient(exc):
+                msg = self._scrub(str(exc)).splitlines()[0][:300] if str(exc) else type(exc).__name__
+                raise EngineError(f"Milvus insert on collection {self.collection!r} failed: {msg}") from None
+            log.warning("Milvus insert failed transiently; upserting the batch instead (no duplicate rows)")
+        self._call("upsert", client.upsert, self.collection, rows, timeout=self.timeout)
 
     def delete(self, ids: Sequence[int] | np.ndarray, batch: int = 10_000) -> int:
         """Delete rows by primary key (a resumed ingest drops rows whose text changed or vanished)."""
@@ -635,18 +476,8 @@ class MilvusStore:
         except Exception as exc:
             raise EngineError(f"Milvus Lite {what} on collection {self.collection!r} failed: {exc}") from None
 
-    def _lite_build_index(self, col: Any, params: dict[str, Any]) -> None:
-        """Index lifecycle in-process: a long HNSW build over Lite's gRPC hit keepalive GOAWAYs,
-        pymilvus retried create_index and Lite answered 'index already exists' (measured at 100k)."""
-        if self._lite_op("has_index", col.has_index, "vector"):
-            self._lite_op("release", col.release)
-            self._lite_op("drop_index", col.drop_index, "vector")
-        spec = {"index_type": self.index_type, "metric_type": self.metric, "params": dict(params)}
-        self._lite_op("create_index", col.create_index, "vector", spec)
-        self._lite_op("load", col.load)  # builds the per-segment indexes
-
     def build_index(self, index_params: dict[str, Any] | None = None) -> dict[str, Any]:
-        """Flush, (re)create the vector index, wait until it is built, and load the collection.
+        """Flush, (re)create the vector index with the defaults for this size, wait until built, load.
 
         Returns the build parameters used. Unknown parameters are passed through to Milvus.
         """
@@ -654,14 +485,50 @@ class MilvusStore:
         params = dict(default_index_params(self.index_type, self.count_rows()))
         params.update(self.index_params)
         params.update(index_params or {})
+        self.create_index(self.index_type, params)
+        self.load()
+        return params
+
+    def create_index(
+        self,
+        index_type: str | None = None,
+        index_params: dict[str, Any] | None = None,
+        timeout: float | None = None,
+    ) -> None:
+        """Drop any vector index, create this one, and wait until it is built (not loaded for search).
+
+        The one index-build path: ``engine run``, ``engine bench-index`` and the support probe use it.
+        ``index_type`` is sent as given (the probe asks Milvus about types it may refuse);
+        ``timeout`` bounds the whole build (None: until it stops making progress).
+        """
+        if index_type is not None:
+            self.index_type = str(index_type).upper()
+        params = dict(self.index_params if index_params is None else index_params)
         self.index_params = params
+        self._loaded = False
         client = self.client
         col = self._lite_collection()
         if col is not None:
-            self._lite_build_index(col, params)
-            self._loaded = False
-            self.load()
-            return params
+            # Index lifecycle in-process: a long HNSW build over Lite's gRPC hit keepalive GOAWAYs,
+            # pymilvus retried create_index and Lite answered 'index already exists' (measured at 100k).
+            if self._lite_op("has_index", col.has_index, "vector"):
+                self._lite_op("release", col.release)
+                self._lite_op("drop_index", col.drop_index, "vector")
+            spec = {"index_type": self.index_type, "metric_type": self.metric, "params": dict(params)}
+            self._lite_op("create_index", col.create_index, "vector", spec)
+            self._lite_op("load", col.load)  # builds the per-segment indexes
+            return
+        self.drop_index()
+        ip = client.prepare_index_params()
+        wire = lite.wire_index_params(params, self.is_lite)
+        ip.add_index(field_name="vector", index_type=self.index_type, metric_type=self.metric, params=wire)
+        self._call("create_index", client.create_index, self.collection, ip, timeout=timeout)
+        if not self.is_lite:
+            self._wait_index_built(deadline_s=timeout)
+
+    def drop_index(self) -> None:
+        """Release the collection (if loaded) and drop its vector indexes."""
+        client = self.client
         existing = self._call("list_indexes", client.list_indexes, self.collection)
         if existing:
             try:
@@ -670,20 +537,20 @@ class MilvusStore:
                 pass
             for name in existing:
                 self._call("drop_index", client.drop_index, self.collection, name)
-        ip = client.prepare_index_params()
-        # pymilvus 3 flattens params into one key per parameter, but Milvus Lite 3.2.2 reads only
-        # a JSON "params" key and silently builds with defaults otherwise (measured: nlist=128
-        # whatever was asked). Send both forms to Lite.
-        wire = {**params, "params": dict(params)} if self.is_lite and params else params
-        ip.add_index(field_name="vector", index_type=self.index_type, metric_type=self.metric, params=wire)
-        self._call("create_index", client.create_index, self.collection, ip, timeout=None)
-        if not self.is_lite:
-            self._wait_index_built()
         self._loaded = False
-        self.load()
-        return params
 
-    def _wait_index_built(self, poll: float = 1.0, stall_timeout: float | None = None) -> None:
+    def describe_index(self) -> dict[str, Any]:
+        """Milvus's description of the vector index (type, params, state); {} when there is none."""
+        try:
+            return dict(
+                self._call("describe_index", self.client.describe_index, self.collection, "vector") or {}
+            )
+        except EngineError:
+            return {}
+
+    def _wait_index_built(
+        self, poll: float = 1.0, stall_timeout: float | None = None, deadline_s: float | None = None
+    ) -> None:
         """A server builds indexes asynchronously per segment: poll until no rows are pending.
 
         Some builds never finish (DISKANN and GPU_IVF_FLAT on the 2.3.5 standalone server retry
@@ -691,10 +558,11 @@ class MilvusStore:
         has not gone down for ``stall_timeout`` seconds, or when the server reports a failure.
         Pending rows only go down when a whole segment is done, and the engine's local server keeps
         ~1M+ rows per segment (one 1M x 1024 HNSW segment took 1,331 s on 2 cores), so the default
-        timeout grows with the pending work: max(900 s, 3x that measured rate).
+        timeout grows with the pending work: max(900 s, 3x that measured rate). ``deadline_s`` bounds
+        the whole wait.
         """
         last_pending: int | None = None
-        last_progress = time.monotonic()
+        last_progress = t0 = time.monotonic()
         while True:
             info = self._call("describe_index", self.client.describe_index, self.collection, "vector")
             if not info:
@@ -716,6 +584,10 @@ class MilvusStore:
                 raise EngineError(
                     f"the {self.index_type} index build made no progress for {stall_timeout:.0f} s "
                     f"({pending} rows pending); this server may not support it (parameter index)"
+                )
+            if deadline_s is not None and time.monotonic() - t0 > deadline_s:
+                raise EngineError(
+                    f"the {self.index_type} index was not built after {deadline_s:g} s ({pending} rows pending)"
                 )
             time.sleep(poll)
 
@@ -824,20 +696,10 @@ class MilvusStore:
         """The in-process Milvus Lite ``Collection`` behind our gRPC connection, or None."""
         if not (self.is_lite and self.lite_direct):
             return None
-        if self._direct is not None:
-            return self._direct
-        _ = self.client  # starts Lite's in-process server
-        try:
-            from milvus_lite.server_manager import server_manager_instance
-
-            entry = server_manager_instance._servers.get(os.path.abspath(self.uri))
-            col = entry[1].get_collection(self.collection) if entry else None
-        except Exception:  # no such collection yet, or another Lite version: use gRPC
-            return None
-        if all(callable(getattr(col, m, None)) for m in ("search", "create_index", "load", "flush")):
-            self._direct = col
-            return col
-        return None
+        if self._direct is None:
+            _ = self.client  # starts Lite's in-process server
+            self._direct = lite.in_process_collection(self.uri, self.collection)
+        return self._direct
 
     def _search_direct(
         self, col: Any, q: np.ndarray, limit: int, params: dict[str, Any]
@@ -853,12 +715,6 @@ class MilvusStore:
             )
         except Exception as exc:
             raise EngineError(f"Milvus Lite search on collection {self.collection!r} failed: {exc}") from None
-
-    def _lite_l2_max_nq(self) -> int:
-        """Largest nq whose L2 brute force on Lite stays within LITE_L2_BRUTE_BUDGET."""
-        n = min(self.count(), LITE_MAX_SEGMENT_ROWS)
-        per_query = max(1, n) * int(self.dim or 1) * 4
-        return LITE_L2_BRUTE_BUDGET // per_query
 
     def search(
         self, vectors: np.ndarray, limit: int, search_params: dict[str, Any] | None = None
@@ -883,12 +739,12 @@ class MilvusStore:
             params["ef"] = max(int(params["ef"]), limit)
         step = q.shape[0]
         if self.is_lite and self.metric == "L2" and self.index_type in ("FLAT", "BRUTE_FORCE"):
-            step = self._lite_l2_max_nq()
+            step = lite.l2_max_nq(self.count(), int(self.dim or 1))
             if step < 1:
                 raise EngineError(
                     "metric L2 with a FLAT index on Milvus Lite allocates an (nq, n, dim) array "
                     f"({self.count()} rows x {self.dim} dims per query is over the "
-                    f"{LITE_L2_BRUTE_BUDGET // 1024**2} MiB guard); use metric COSINE or IP (same neighbours "
+                    f"{lite.L2_BRUTE_BUDGET // 1024**2} MiB guard); use metric COSINE or IP (same neighbours "
                     "on unit vectors) or an HNSW/IVF index (parameter metric)"
                 )
         ids = np.full((q.shape[0], limit), -1, dtype=np.int64)
@@ -921,24 +777,3 @@ class MilvusStore:
                     ids[s + j, :m] = hid
                     raw[s + j, :m] = hits.distances
         return ids, raw
-
-
-def _lite_dir_locked(path: str) -> bool:
-    """True when another process holds Milvus Lite's LOCK file in ``path``."""
-    lock = os.path.join(path, "LOCK")
-    if not os.path.exists(lock):
-        return False
-    try:
-        import fcntl
-    except ImportError:  # pragma: no cover - Windows
-        return False
-    fd = os.open(lock, os.O_RDWR)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        return True
-    else:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        return False
-    finally:
-        os.close(fd)
