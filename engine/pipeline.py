@@ -137,7 +137,7 @@ class Pipeline:
         except Exception:
             server = self._server
             if server is not None and not server.running:
-                code = getattr(server._proc, "returncode", None)
+                code = server.exit_code
                 raise EngineError(
                     f"the engine's Milvus server (pid {server.pid_}) stopped during the {name} stage"
                     f"{f' (exit code {code})' if code is not None else ''}; nothing is lost: re-run the same "

@@ -355,6 +355,11 @@ class LocalMilvusServer:
         return self._proc is not None and self._proc.poll() is None
 
     @property
+    def exit_code(self) -> int | None:
+        """The server process's exit status once it stopped (negative: killed by that signal)."""
+        return None if self._proc is None else self._proc.poll()
+
+    @property
     def log_dir(self) -> Path:
         return Path(self.data_dir).resolve() / "logs"
 
