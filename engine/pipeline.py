@@ -624,7 +624,7 @@ class Pipeline:
     def report(self):
         """labels.parquet, clusters.json, report.html, map.html and map.png."""
         from engine.corpus import with_source_columns
-        from engine.project import write_map
+        from engine.show.map import write_map
         from engine.report import build_layers_report, build_report
 
         cfg = self.config
