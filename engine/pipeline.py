@@ -624,8 +624,8 @@ class Pipeline:
     def report(self):
         """labels.parquet, clusters.json, report.html, map.html and map.png."""
         from engine.corpus import with_source_columns
-        from engine.show.map import write_map
         from engine.report import build_layers_report, build_report
+        from engine.show.map import write_map
 
         cfg = self.config
         frame = self.frame

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from engine import hardware
 from engine.errors import EngineError
 
 log = logging.getLogger(__name__)
@@ -67,17 +68,6 @@ def prepare_precomputed_knn(
     return np.ascontiguousarray(out_idx), np.ascontiguousarray(out_dist)
 
 
-def _cuml_available() -> bool:
-    """True when cuML imports and CUDA reports at least one GPU."""
-    try:
-        import cuml  # noqa: F401
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:  # ImportError, or a CUDA runtime that fails to initialise
-        return False
-
-
 def resolve_backend(backend: str, vectors: np.ndarray | None) -> str:
     """'auto' -> 'cuml' when cuML and a GPU are present and vectors are given, else 'cpu'."""
     if backend not in {"auto", "cpu", "umap", "cuml"}:
@@ -85,12 +75,12 @@ def resolve_backend(backend: str, vectors: np.ndarray | None) -> str:
     if backend == "umap":
         return "cpu"
     if backend == "cuml":
-        if not _cuml_available():
+        if not hardware.cuml_usable():
             raise EngineError("backend='cuml': cuML or a CUDA GPU is not available here; use backend='cpu'")
         if vectors is None:
             raise EngineError("backend='cuml' needs vectors= (cuML UMAP takes the raw vectors)")
         return "cuml"
-    if backend == "auto" and vectors is not None and _cuml_available():
+    if backend == "auto" and vectors is not None and hardware.cuml_usable():
         return "cuml"
     return "cpu"
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from engine.embed.fastloop import FastLoop, cpu_supports_bf16, resolve_devices, resolve_dtype
+from engine.embed.fastloop import FastLoop, resolve_devices, resolve_dtype
 from engine.errors import EngineError
+from engine.hardware import cpu_supports_bf16
 
 torch.set_num_threads(1)
 
