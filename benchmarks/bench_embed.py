@@ -16,7 +16,7 @@ Memory while ingesting (tiny model, Milvus Lite; one fresh process per N, so pea
         -> benchmarks/results/ingest_rss.json
 
 The model is BGE-M3's full architecture (XLM-RoBERTa-large: 24 layers, hidden 1024, 16 heads, vocab 250,002)
-with RANDOM weights, built offline with ``engine.embed.tiny.build_tiny_bge_m3``: throughput does not depend on
+with RANDOM weights, built offline with ``tests.fixtures.tiny_bge_m3.build_tiny_bge_m3``: throughput does not depend on
 the weight values. Its tokenizer is a Unigram model trained on the headlines themselves, so token counts are
 close to (not equal to) the real BGE-M3 tokenizer's; tokens/doc is reported.
 """
@@ -53,7 +53,7 @@ def load_headlines(n: int) -> list[str]:
 
 
 def build_full_model(path: Path) -> Path:
-    from engine.embed.tiny import BGE_M3_CONFIG, build_tiny_bge_m3
+    from tests.fixtures.tiny_bge_m3 import BGE_M3_CONFIG, build_tiny_bge_m3
 
     if (path / "model.safetensors").exists():
         return path
@@ -80,7 +80,8 @@ def bench_cpu(args) -> dict:
     """All three loaded at once and timed in interleaved rounds, so load from other processes hits each alike."""
     import torch
 
-    from engine.embed import cpu_supports_bf16, load_encoder, load_flag_model
+    from engine.embed import load_encoder, load_flag_model
+    from engine.hardware import cpu_supports_bf16
 
     torch.set_num_threads(args.threads)
     model_dir = build_full_model(Path(args.model_dir))
@@ -214,7 +215,7 @@ import numpy as np, pandas as pd, psutil, torch
 sys.path.insert(0, sys.argv[1])
 torch.set_num_threads(1)
 from engine.embed import load_encoder
-from engine.embed.tiny import build_tiny_bge_m3, synthetic_corpus
+from tests.fixtures.tiny_bge_m3 import build_tiny_bge_m3, synthetic_corpus
 from engine.ingest import ingest
 from engine.milvus.store import MilvusStore
 n, kind = int(sys.argv[2]), sys.argv[3]

@@ -6,7 +6,7 @@ is skipped with a recorded reason when too little time is left:
 
 * ``env``      -- nvidia-smi name/driver/memory, package versions (the carried wheels), what cannot run here.
 * ``model``    -- BGE-M3's architecture (XLM-RoBERTa-large, 568M parameters) with RANDOM weights, built
-  offline by ``engine.embed.tiny`` (throughput does not depend on weight values; clusters are meaningless).
+  offline by ``tests.fixtures.tiny_bge_m3`` (throughput does not depend on weight values; clusters are meaningless).
 * ``embed``    -- 100k headline-length texts (the shared corpora, ``.whl/headlines.jsonl.gz`` on the device):
   docs/s and tokens/s of FlagEmbedding ``encode`` (fp16) and the engine's loop in bf16 and fp16, same run;
   % of the ~20,000 docs/s bf16 ceiling; cosine of the engine's vectors vs ``encode`` (goal >= 0.99).
@@ -192,7 +192,7 @@ def load_pairs() -> tuple[list[tuple[str, str]], str]:
     pairs = headline_pairs(data)
     if pairs:
         return pairs, f"{data} ({len(pairs):,} pairs)"
-    from engine.embed.tiny import synthetic_corpus
+    from tests.fixtures.tiny_bge_m3 import synthetic_corpus
 
     return [(t, "") for t in synthetic_corpus(3000, seed=3)], "synthetic pseudo-headlines (no corpus found)"
 
@@ -256,7 +256,7 @@ def step_env(args: argparse.Namespace, ctx: dict[str, Any], timer: StepTimer) ->
 
     import torch
 
-    from engine.gpu import cuml_usable
+    from engine.hardware import cuml_usable
 
     smi = None
     try:
@@ -309,7 +309,7 @@ def step_env(args: argparse.Namespace, ctx: dict[str, Any], timer: StepTimer) ->
 
 
 def step_model(args: argparse.Namespace, ctx: dict[str, Any], timer: StepTimer) -> dict[str, Any]:
-    from engine.embed.tiny import BGE_M3_CONFIG, build_tiny_bge_m3
+    from tests.fixtures.tiny_bge_m3 import BGE_M3_CONFIG, build_tiny_bge_m3
 
     pairs = ctx["pairs"]
     n_train = 2000 if args.smoke else 4000  # strided: every corpus and script; trains in ~10 s

@@ -76,7 +76,7 @@ def scores(labels: np.ndarray, classes: np.ndarray | None) -> dict:
 
 def top_keywords(texts: list[str], labels: np.ndarray, n_clusters: int = 8, n_words: int = 5) -> list[dict]:
     """Keywords of the largest clusters (the report's c-TF-IDF), for the unlabelled corpus."""
-    from engine.report import class_tfidf, top_terms
+    from engine.keywords import class_tfidf, top_terms
 
     ids, counts = np.unique(labels[labels >= 0], return_counts=True)
     order = ids[np.argsort(-counts, kind="stable")]

@@ -18,7 +18,7 @@ import sys
 import time
 from typing import Any
 
-from engine import __version__, gpu
+from engine import __version__, hardware
 from engine.errors import EngineError
 from engine.milvus.client import redact
 
@@ -36,10 +36,10 @@ def milvus_info() -> dict[str, Any]:
     """Client, Milvus Lite and the standalone server package: installed versions."""
     from engine.milvus.server import milvus_server_version
 
-    lite_version = gpu.package_version("milvus-lite")
-    lite_ok = gpu.importable("milvus_lite")
+    lite_version = hardware.package_version("milvus-lite")
+    lite_ok = hardware.importable("milvus_lite")
     return {
-        "pymilvus": gpu.package_version("pymilvus"),
+        "pymilvus": hardware.package_version("pymilvus"),
         "milvus_lite": {"importable": lite_ok, "version": lite_version},
         "server_package": {
             "installed": milvus_server_version() is not None,
@@ -122,7 +122,7 @@ def auto_choices(cuda: bool, cuml_ok: bool) -> dict[str, Any]:
             "precision": dtype_name(resolve_dtype("auto", devices[0])),
         }
     except Exception as exc:  # noqa: BLE001
-        bf16 = gpu.cpu_supports_bf16()
+        bf16 = hardware.cpu_supports_bf16()
         out["embedding"] = {
             "device": "cuda" if cuda else "cpu",
             "precision": "bf16" if (cuda or bf16) else "fp32",
@@ -148,10 +148,10 @@ def auto_choices(cuda: bool, cuml_ok: bool) -> dict[str, Any]:
         "exact_knn_device": exact_device,
     }
     try:
-        from engine.cluster.gpu import cuml_available
+        from engine.cluster.gpu import CUML_MODULE
 
-        cluster_cuml = bool(cuml_available())
-    except Exception:  # noqa: BLE001 -- the cluster stage missing or broken: same rule as engine.gpu
+        cluster_cuml = hardware.cuml_usable(CUML_MODULE)
+    except Exception:  # noqa: BLE001 -- the cluster stage missing or broken: same rule as engine.hardware
         cluster_cuml = cuml_ok
     out["cluster"] = {
         "backend": "cuml" if cluster_cuml else "cpu",
@@ -173,18 +173,18 @@ def doctor(
 ) -> dict[str, Any]:
     """Collect the report as a JSON-able dict (the token itself is never included)."""
     t0 = time.perf_counter()
-    hardware = _safe(gpu.gpu_summary)
-    cuda = bool(isinstance(hardware, dict) and hardware.get("torch", {}).get("cuda_available"))
-    cuml_ok = bool(_safe(gpu.cuml_usable) is True)
+    machine = _safe(hardware.gpu_summary)
+    cuda = bool(isinstance(machine, dict) and machine.get("torch", {}).get("cuda_available"))
+    cuml_ok = bool(_safe(hardware.cuml_usable) is True)
     report: dict[str, Any] = {
         "engine": __version__,
         "python": platform.python_version(),
         "platform": f"{platform.system()} {platform.machine()}",
         "cpu_count": os.cpu_count(),
-        "hardware": hardware,
+        "hardware": machine,
         "cuda": cuda,
         "libraries": {
-            name: gpu.package_version(dist)
+            name: hardware.package_version(dist)
             for name, dist in (
                 ("numpy", "numpy"),
                 ("FlagEmbedding", "FlagEmbedding"),

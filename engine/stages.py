@@ -439,8 +439,8 @@ def report(
     Returns (labels.parquet's frame, the report).
     """
     from engine.corpus import with_source_columns
-    from engine.project import write_map
     from engine.report import build_layers_report, build_report
+    from engine.show.map import write_map
 
     labels = label_frame(corpus, clusters, coords)
     output = with_source_columns(labels, corpus.frame, corpus.stats)

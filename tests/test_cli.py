@@ -154,9 +154,13 @@ def test_stage_rerun_on_saved_outputs(news_run):
         after.loc[after.cluster >= 0, "cluster"].nunique()
         <= before.loc[before.cluster >= 0, "cluster"].nunique()
     )
-    # re-running embed on a finished run resumes: nothing is embedded twice
+    # re-running embed on a finished run resumes: nothing is embedded twice, so the vector file
+    # (written row by row for every embedded document) is neither rewritten nor changed
+    vectors = out / "embeddings.npy"
+    stamp, data = vectors.stat().st_mtime_ns, vectors.read_bytes()
     again = engine("embed", "--out", str(out), "--quiet")
     assert again.returncode == 0, again.stderr[-2000:]
+    assert vectors.stat().st_mtime_ns == stamp and vectors.read_bytes() == data
 
 
 def test_readme_names_the_installed_download_command():

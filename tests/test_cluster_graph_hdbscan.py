@@ -7,9 +7,11 @@ import scipy.sparse as sp
 from sklearn.datasets import make_blobs
 from sklearn.metrics import adjusted_rand_score
 
+from engine import hardware
 from engine.cluster import ClusterResult, GraphHDBSCAN, cluster_graph
-from engine.cluster.gpu import cuml_available
+from engine.cluster.gpu import CUML_MODULE
 from engine.errors import EngineError
+from engine.graph import exact_knn
 from tests.fixtures.data import exact_knn_arrays
 
 
@@ -173,13 +175,13 @@ def test_estimator_api_and_auto_backend():
         and model.probabilities_.shape == (300,)
         and model.outlier_scores_.shape == (300,)
     )
-    assert model.backend_ == ("cuml" if cuml_available() else "cpu") or model.backend_ == "cpu"
+    assert model.backend_ == "cpu"  # auto picks cuML only when given the raw vectors
     with pytest.raises(EngineError, match="no parameter"):
         model.set_params(alpha=2)
 
 
 def test_cuml_backend_without_cuml_is_a_clear_error():
-    if cuml_available():
+    if hardware.cuml_usable(CUML_MODULE):
         pytest.skip("cuML and a GPU are present; see test_cluster_gpu.py")
     idx, dist = _knn(_blobs(n=100)[0], 10)
     with pytest.raises(EngineError, match="cuML"):
@@ -188,9 +190,8 @@ def test_cuml_backend_without_cuml_is_a_clear_error():
 
 def test_engine_knn_graph_and_its_csr_are_accepted(agnews_minilm):
     """The graph stage's own KnnGraph (and its CSR form) go straight in."""
-    graph_mod = pytest.importorskip("engine.graph")
     vectors, _ = agnews_minilm
-    graph = graph_mod.exact_knn(vectors[:800], 15, device="cpu", progress=False)
+    graph = exact_knn(vectors[:800], 15, device="cpu", progress=False)
     a = cluster_graph(graph, min_cluster_size=10, min_samples=5)
     b = cluster_graph(graph.to_csr(), min_cluster_size=10, min_samples=5)
     idx, dist = exact_knn_arrays(vectors[:800], 15)

@@ -1,4 +1,4 @@
-"""``engine doctor`` and ``engine.gpu``: runs anywhere, returns a sane dict, never leaks a token."""
+"""``engine doctor`` and ``engine.hardware``: runs anywhere, returns a sane dict, never leaks a token."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from engine import gpu
+from engine import hardware
 from engine.doctor import doctor, format_report, main, probe_milvus
 from engine.milvus.server import free_port
 
@@ -25,10 +25,10 @@ def test_report_has_every_section(report: dict) -> None:
     assert hw["torch"]["version"]
     assert isinstance(hw["cuda_devices"], list)
     assert isinstance(hw["cpu"]["bf16"], bool)
-    assert set(hw["cpu"]["bf16_flags"]) <= set(gpu.BF16_FLAGS)
+    assert set(hw["cpu"]["bf16_flags"]) <= set(hardware.BF16_FLAGS)
     mv = report["milvus"]
     assert mv["pymilvus"]
-    assert mv["milvus_lite"]["importable"] is gpu.importable("milvus_lite")
+    assert mv["milvus_lite"]["importable"] is hardware.importable("milvus_lite")
     auto = report["auto"]
     assert auto["cluster"]["backend"] in ("cpu", "cuml")
     assert auto["umap"]["backend"] in ("cpu", "cuml")
@@ -54,31 +54,31 @@ def test_auto_matches_the_hardware(report: dict) -> None:
         assert report["auto"]["graph"]["exact_knn_device"] == "cpu"
         assert report["auto"]["cluster"]["backend"] == "cpu"
         assert report["auto"]["umap"]["backend"] == "cpu"
-        expected = "bf16" if gpu.cpu_supports_bf16() else "fp32"
+        expected = "bf16" if hardware.cpu_supports_bf16() else "fp32"
         assert report["auto"]["embedding"]["precision"] == expected
         assert "no CUDA device" in format_report(report)
 
 
 def test_gpu_helpers_without_cuda() -> None:
-    if gpu.cuda_available():
+    if hardware.cuda_available():
         pytest.skip("this machine has CUDA")
-    assert gpu.cuda_devices() == []
-    assert gpu.cuml_usable() is False
-    info = gpu.cupy_info()
-    assert info["installed"] is gpu.importable("cupy")
+    assert hardware.cuda_devices() == []
+    assert hardware.cuml_usable() is False
+    info = hardware.cupy_info()
+    assert info["installed"] is hardware.importable("cupy")
 
 
 def test_cpu_bf16_detection_reads_cpuinfo() -> None:
-    flags = gpu.cpu_flags()
+    flags = hardware.cpu_flags()
     if not flags:
         pytest.skip("no /proc/cpuinfo here")
-    assert gpu.cpu_supports_bf16() is bool(flags & {"avx512_bf16", "amx_bf16"})
+    assert hardware.cpu_supports_bf16() is bool(flags & {"avx512_bf16", "amx_bf16"})
 
 
 def test_package_version_and_importable() -> None:
-    assert gpu.package_version("numpy")
-    assert gpu.package_version("surely-not-a-real-distribution-xyz") is None
-    assert gpu.importable("json") and not gpu.importable("surely_not_a_module_xyz")
+    assert hardware.package_version("numpy")
+    assert hardware.package_version("surely-not-a-real-distribution-xyz") is None
+    assert hardware.importable("json") and not hardware.importable("surely_not_a_module_xyz")
 
 
 def test_main_prints_text_and_json(capsys: pytest.CaptureFixture) -> None:

@@ -8,8 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from engine.embed.fastloop import FastLoop, cpu_supports_bf16, resolve_devices, resolve_dtype
+from engine import hardware
+from engine.embed.fastloop import FastLoop, resolve_devices, resolve_dtype
 from engine.errors import EngineError
+from engine.hardware import cpu_supports_bf16
 
 torch.set_num_threads(1)
 
@@ -98,10 +100,35 @@ def test_hardware_detection():
         FastLoop(object(), object(), pooling="max")
 
 
+def _record_padding(monkeypatch) -> list[tuple[bool, bool, bool]]:
+    """Spy on FastLoop._pad: (pin asked, ids pinned, mask pinned) for every batch the producer makes."""
+    seen: list[tuple[bool, bool, bool]] = []
+    real_pad = FastLoop._pad
+
+    def pad(self, seqs, pin):
+        ids, mask = real_pad(self, seqs, pin)
+        seen.append((pin, ids.is_pinned(), mask.is_pinned()))
+        return ids, mask
+
+    monkeypatch.setattr(FastLoop, "_pad", pad)
+    return seen
+
+
+def test_cpu_batches_are_not_pinned(hf_model_and_tokenizer, sample_texts, monkeypatch):
+    """Pinning costs page-locked memory and only pays off for host-to-GPU copies."""
+    seen = _record_padding(monkeypatch)
+    model, tok = hf_model_and_tokenizer
+    FastLoop(model, tok, devices=["cpu"], max_length=64, token_budget=2000).encode(sample_texts[:40])
+    assert seen and all(s == (False, False, False) for s in seen), seen
+
+
 @pytest.mark.gpu
-def test_pinned_non_blocking_on_cuda(hf_model_and_tokenizer, sample_texts, reference):
-    if not torch.cuda.is_available():
+def test_cuda_batches_are_pinned_for_non_blocking_copies(
+    hf_model_and_tokenizer, sample_texts, reference, monkeypatch
+):
+    if not hardware.cuda_available():
         pytest.skip("no CUDA GPU")
+    seen = _record_padding(monkeypatch)
     model, tok = hf_model_and_tokenizer
     import copy
 
@@ -109,4 +136,5 @@ def test_pinned_non_blocking_on_cuda(hf_model_and_tokenizer, sample_texts, refer
         copy.deepcopy(model), tok, devices=resolve_devices("cuda"), dtype=torch.bfloat16, max_length=128
     )
     vec = loop.encode(sample_texts)
+    assert seen and all(s == (True, True, True) for s in seen), seen  # every batch page-locked
     assert ((vec * reference).sum(1)).min() >= 0.99

@@ -16,10 +16,10 @@ import pytest
 import torch
 
 from engine.embed import load_encoder
-from engine.embed.tiny import synthetic_corpus
 from engine.errors import EngineError
 from engine.ingest import IngestResult, ingest
 from engine.milvus.store import MilvusStore
+from tests.fixtures.tiny_bge_m3 import synthetic_corpus
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]

@@ -1,22 +1,19 @@
-"""Map stage: UMAP on the precomputed kNN graph, fallbacks, HTML/PNG maps."""
+"""Map stage layout: UMAP / node embedding on the precomputed kNN graph, fallbacks (drawing: test_show_map)."""
 
 from __future__ import annotations
 
-import re
 from types import SimpleNamespace
 
 import numpy as np
-import pandas as pd
 import pytest
 
 from engine.errors import EngineError
+from engine.graph import exact_knn
 from engine.project import (
-    cluster_palette,
     fallback_layout,
-    hover_text,
+    layout_features,
     prepare_precomputed_knn,
     project_2d,
-    write_map,
 )
 
 
@@ -140,70 +137,9 @@ def test_cuml_backend_refused_without_gpu():
         project_2d(brute_force_graph(v, 10), vectors=v, backend="cuml")
 
 
-def test_hover_text_escapes_wraps_truncates():
-    h = hover_text("<script>alert('x')</script> & more\nbody " + "word " * 200, max_chars=120, width=40)
-    assert "<script>" not in h and "&lt;script&gt;" in h and "&amp;" in h
-    assert "<br>" in h and h.endswith("…")
-    assert max(len(part) for part in h.split("<br>")) <= 60  # escaped lines stay short
-
-
-def _map_frame(n_clusters: int, per: int = 5, noise: int = 4) -> pd.DataFrame:
-    rng = np.random.default_rng(0)
-    labels = np.concatenate([np.repeat(np.arange(n_clusters), per), -np.ones(noise, int)])
-    n = len(labels)
-    texts = [f"doc {i} about topic {c}" for i, c in enumerate(labels)]
-    texts[0] = "<script>alert('pwned')</script> Tom & Jerry </textarea>"
-    return pd.DataFrame(
-        {
-            "id": np.arange(n, dtype=np.int64) + 1000,
-            "text": texts,
-            "cluster": labels,
-            "x": rng.normal(size=n).astype(np.float32),
-            "y": rng.normal(size=n).astype(np.float32),
-        }
-    )
-
-
-def test_write_map_html_and_png(tmp_path):
-    frame = _map_frame(3)
-    paths = write_map(
-        frame, tmp_path / "map.html", tmp_path / "map.png", title="News <map>", keywords={0: ["alpha", "<b>"]}
-    )
-    page = (tmp_path / "map.html").read_text(encoding="utf-8")
-    assert paths["html"].endswith("map.html")
-    assert "<script>alert" not in page  # document text is escaped in the hover
-    assert "&lt;script&gt;alert" in page
-    assert "scattergl" in page and "Hide noise" in page and "noise (4)" in page
-    assert "&lt;b&gt;" in page  # keywords escaped too
-    assert "News &lt;map&gt;" in page
-    assert len(page) > 3_000_000  # plotly.js inlined: opens offline
-    assert not re.search(r'<script[^>]+src="https?://', page)
-    png = (tmp_path / "map.png").read_bytes()
-    assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5_000
-
-
-def test_write_map_many_clusters_keeps_legend_short(tmp_path):
-    frame = _map_frame(90, per=3)
-    write_map(frame, tmp_path / "m.html", None, max_legend=50)
-    page = (tmp_path / "m.html").read_text(encoding="utf-8")
-    assert "40 smaller clusters" in page
-    assert len(cluster_palette()) >= 60
-
-
-def test_write_map_all_noise_and_sampling(tmp_path):
-    frame = _map_frame(0, noise=30)
-    paths = write_map(frame, tmp_path / "a.html", tmp_path / "a.png", max_points=10)
-    page = open(paths["html"], encoding="utf-8").read()
-    assert "showing a random 10" in page
-    assert (tmp_path / "a.png").read_bytes()[:4] == b"\x89PNG"
-    with pytest.raises(EngineError, match="cluster"):
-        write_map(frame.drop(columns=["cluster"]), tmp_path / "b.html", None)
-
-
 def test_project_2d_on_engine_knngraph():
-    graph_mod = pytest.importorskip("engine.graph")
     v, labels = blobs(200, seed=5)
-    graph = graph_mod.exact_knn(v, k=15, device="cpu", progress=False)
+    graph = exact_knn(v, k=15, device="cpu", progress=False)
     emb = project_2d(graph, n_neighbors=15, vectors=v, backend="cpu")
     assert emb.shape == (200, 2) and np.isfinite(emb).all()
     d2 = ((emb[:, None, :] - emb[None, :, :]) ** 2).sum(-1)
@@ -212,8 +148,6 @@ def test_project_2d_on_engine_knngraph():
 
 
 def test_layout_features_is_a_small_projection():
-    from engine.project import layout_features
-
     v, _ = blobs(50, dim=200)
     f = layout_features(v, dim=16, block=7)
     assert f.shape == (50, 16) and f.dtype == np.float32
@@ -221,31 +155,3 @@ def test_layout_features_is_a_small_projection():
         f, v @ (np.random.default_rng(0).normal(size=(200, 16)).astype(np.float32) / 4.0), atol=1e-4
     )
     assert layout_features(v[:, :8]).shape == (50, 8)  # small dims pass through
-
-
-def test_write_map_layer_switch_and_names(tmp_path):
-    frame = _map_frame(4, per=6, noise=4)
-    frame["layer_0"] = frame["cluster"]
-    frame["layer_1"] = np.where(frame["cluster"] >= 0, frame["cluster"] // 2, -1)
-    layers = [
-        {
-            "layer": 0,
-            "primary": False,
-            "n_clusters": 4,
-            "clusters": [{"cluster": c, "size": 6, "name": f"fine{c}, word"} for c in range(4)],
-        },
-        {
-            "layer": 1,
-            "primary": True,
-            "n_clusters": 2,
-            "clusters": [{"cluster": c, "size": 12, "name": f"coarse{c} <i>"} for c in range(2)],
-        },
-    ]
-    write_map(frame, tmp_path / "m.html", None, title="T", layers=layers)
-    page = (tmp_path / "m.html").read_text(encoding="utf-8")
-    assert "layer 0: 4 clusters" in page and "layer 1: 2 clusters *" in page  # the switch
-    assert "coarse0 &lt;i&gt;" in page and "fine3, word" in page  # names at centres, escaped
-    assert "<script>alert" not in page and "&lt;script&gt;alert" in page
-    assert page.count("doc 5 about topic 0") == 1  # hover text stored once, not per layer
-    with pytest.raises(EngineError, match="layer_2"):
-        write_map(frame, tmp_path / "x.html", None, layers=layers + [{"layer": 2, "clusters": []}])

@@ -10,7 +10,8 @@ import pandas as pd
 import pytest
 
 from engine.errors import EngineError
-from engine.report import build_layers_report, build_report, class_tfidf
+from engine.keywords import class_tfidf
+from engine.report import build_layers_report, build_report
 
 SPORTS = [
     "The football team won the championship match after a late goal",

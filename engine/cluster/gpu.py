@@ -8,22 +8,11 @@ from __future__ import annotations
 
 import numpy as np
 
+from engine import hardware
 from engine.errors import EngineError
 
-
-def cuml_available() -> bool:
-    """True when cuML imports and a CUDA device is visible."""
-    try:
-        import cuml  # noqa: F401
-        from cuml.cluster import HDBSCAN  # noqa: F401
-    except Exception:
-        return False
-    try:
-        import cupy
-
-        return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
-        return False
+#: The part of cuML this backend needs (engine.hardware.cuml_usable imports it to check).
+CUML_MODULE = "cuml.cluster"
 
 
 def cluster_cuml(
@@ -34,7 +23,7 @@ def cluster_cuml(
     cluster_selection_epsilon: float,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """labels int64, probabilities float32, outlier scores float32 from cuML HDBSCAN."""
-    if not cuml_available():
+    if not hardware.cuml_usable(CUML_MODULE):
         raise EngineError(
             "backend='cuml' needs RAPIDS cuML and a CUDA GPU (pip install cuml-cu12); use backend='cpu'"
         )

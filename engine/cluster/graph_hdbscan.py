@@ -18,9 +18,10 @@ from typing import Any
 
 import numpy as np
 
+from engine import hardware
 from engine.cluster.core import core_distances
 from engine.cluster.edges import EdgeArrays, as_edge_arrays
-from engine.cluster.gpu import cluster_cuml, cuml_available
+from engine.cluster.gpu import CUML_MODULE, cluster_cuml
 from engine.cluster.mst import minimum_spanning_tree
 from engine.cluster.tree import hierarchy_from_mst
 from engine.errors import EngineError
@@ -143,7 +144,9 @@ def cluster_graph(
     ms = validate_params(
         min_cluster_size, min_samples, cluster_selection_method, cluster_selection_epsilon, backend
     )
-    use_cuml = backend == "cuml" or (backend == "auto" and vectors is not None and cuml_available())
+    use_cuml = backend == "cuml" or (
+        backend == "auto" and vectors is not None and hardware.cuml_usable(CUML_MODULE)
+    )
     if use_cuml:
         if vectors is None:
             raise EngineError("backend='cuml' needs vectors= (cuML HDBSCAN clusters the raw vectors)")

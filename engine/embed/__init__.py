@@ -4,7 +4,7 @@
 engine's fast loop on it; see :mod:`engine.embed.fastloop` for why and how.
 """
 
-from engine.embed.fastloop import FastLoop, cpu_supports_bf16, token_budget_batches
+from engine.embed.fastloop import FastLoop, token_budget_batches
 from engine.embed.models import (
     BGE_M3_ID,
     MINILM_ID,
@@ -14,17 +14,13 @@ from engine.embed.models import (
     load_flag_model,
     resolve_model,
 )
-from engine.embed.tiny import BGE_M3_CONFIG, build_tiny_bge_m3
 
 __all__ = [
-    "BGE_M3_CONFIG",
     "BGE_M3_ID",
     "MINILM_ID",
     "Encoder",
     "FastLoop",
     "ModelSpec",
-    "build_tiny_bge_m3",
-    "cpu_supports_bf16",
     "load_encoder",
     "load_flag_model",
     "resolve_model",

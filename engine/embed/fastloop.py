@@ -16,7 +16,6 @@ underlying HF model and tokenizer, but
 from __future__ import annotations
 
 import copy
-import functools
 import os
 import queue
 import threading
@@ -25,37 +24,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from engine import hardware
 from engine.errors import EngineError
 
 _SENTINEL = object()
 
 
-# --------------------------------------------------------------------------------------------- hardware
-@functools.lru_cache(maxsize=1)
-def cpu_supports_bf16() -> bool:
-    """True when the CPU has native bf16 matmuls (avx512_bf16 or AMX); bf16 is then ~3x faster than fp32."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="ignore") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    if flags & {"avx512_bf16", "amx_bf16"}:
-                        return True
-                    break
-    except OSError:
-        pass
-    try:
-        import torch
-
-        cap = str(torch.backends.cpu.get_cpu_capability()).upper()
-        return "AMX" in cap or "BF16" in cap
-    except Exception:
-        return False
-
-
+# --------------------------------------------------------------------------------------------- devices
 def resolve_devices(device: str | Sequence[str] = "auto") -> list[str]:
     """``"auto"`` -> every CUDA device (one worker each) or ``["cpu"]``; ``"cuda"`` -> all GPUs."""
-    import torch
 
     if not isinstance(device, str):
         devices = [str(d) for d in device]
@@ -63,14 +40,14 @@ def resolve_devices(device: str | Sequence[str] = "auto") -> list[str]:
             raise EngineError("device: empty device list")
         return devices
     if device == "auto":
-        if torch.cuda.is_available():
-            return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
+        if hardware.cuda_available():
+            return [f"cuda:{i}" for i in range(hardware.cuda_device_count())]
         return ["cpu"]
     if device == "cuda":
-        if not torch.cuda.is_available():
+        if not hardware.cuda_available():
             raise EngineError("device='cuda' but no CUDA GPU is available here; use device='cpu' or 'auto'")
-        return [f"cuda:{i}" for i in range(torch.cuda.device_count())]
-    if device.startswith("cuda") and not torch.cuda.is_available():
+        return [f"cuda:{i}" for i in range(hardware.cuda_device_count())]
+    if device.startswith("cuda") and not hardware.cuda_available():
         raise EngineError(f"device={device!r} but no CUDA GPU is available here; use device='cpu' or 'auto'")
     if device != "cpu" and not device.startswith(("cuda", "mps", "xpu", "npu")):
         raise EngineError(f"device={device!r} is not one of auto, cpu, cuda, cuda:N")
@@ -91,9 +68,9 @@ def resolve_dtype(precision: str, device: str):
     }
     if precision == "auto":
         if device.startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+            return torch.bfloat16 if hardware.cuda_bf16_supported() else torch.float16
         if device == "cpu":
-            return torch.bfloat16 if cpu_supports_bf16() else torch.float32
+            return torch.bfloat16 if hardware.cpu_supports_bf16() else torch.float32
         return torch.float32
     if precision not in names:
         raise EngineError(f"precision={precision!r} is not one of auto, fp32, bf16, fp16")

@@ -15,6 +15,7 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
+from engine import hardware
 from engine.errors import EngineError
 from engine.graph.distances import pairwise_euclidean
 from engine.graph.knn import KnnGraph
@@ -28,22 +29,14 @@ CPU_BLOCK_BUDGET = 256 * 1024**2
 CANDIDATE_MARGIN = 16
 
 
-def _cuda_available() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
-
-
 def resolve_device(device: str) -> str:
     """``auto`` -> ``cuda`` when torch sees a GPU, else ``cpu``."""
     d = str(device).lower()
     if d == "auto":
-        return "cuda" if _cuda_available() else "cpu"
+        return "cuda" if hardware.cuda_available() else "cpu"
     if d not in ("cpu", "cuda"):
         raise EngineError(f"unknown device {device!r} (parameter device); expected auto, cpu or cuda")
-    if d == "cuda" and not _cuda_available():
+    if d == "cuda" and not hardware.cuda_available():
         raise EngineError("device='cuda' but torch sees no CUDA GPU (parameter device)")
     return d
 

@@ -1,14 +1,15 @@
-"""What accelerators this machine offers: CUDA devices and memory, CuPy/cuML, CPU bf16.
+"""The one hardware probe: CUDA devices and memory, CuPy/cuML, CPU bf16.
 
 Why: every ``auto`` choice (embedding device and precision, exact kNN device, cuML HDBSCAN/UMAP)
-depends on the same few facts; finding them must never fail or import heavy GPU stacks
-needlessly. Every function here returns a plain value and swallows import/runtime errors
+depends on the same few facts, so every stage and ``engine doctor`` ask here and nowhere else;
+finding them must never fail or import heavy GPU stacks needlessly. Every function here returns a plain value and swallows import/runtime errors
 (a broken CUDA install reads as "no CUDA", with the reason kept in ``error`` fields).
 """
 
 from __future__ import annotations
 
 import functools
+import importlib
 import importlib.metadata
 import importlib.util
 import shutil
@@ -53,6 +54,24 @@ def torch_info() -> dict[str, Any]:
 def cuda_available() -> bool:
     """torch sees at least one CUDA GPU."""
     return bool(torch_info().get("cuda_available"))
+
+
+def cuda_device_count() -> int:
+    """How many CUDA GPUs torch sees (0 without CUDA)."""
+    if not cuda_available():
+        return 0
+    import torch
+
+    return int(torch.cuda.device_count())
+
+
+def cuda_bf16_supported() -> bool:
+    """The current CUDA device computes in bf16 (Ampere and newer); False without CUDA."""
+    if not cuda_available():
+        return False
+    import torch
+
+    return bool(torch.cuda.is_bf16_supported())
 
 
 def cuda_devices() -> list[dict[str, Any]]:
@@ -122,9 +141,18 @@ def cuml_info() -> dict[str, Any]:
     return {"installed": importable("cuml"), "version": version}
 
 
-def cuml_usable() -> bool:
-    """cuML importable *and* a CUDA device present: the condition for the cuML backends."""
-    return cuml_info()["installed"] and cupy_info().get("devices", 0) > 0
+def cuml_usable(module: str = "cuml") -> bool:
+    """cuML imports *and* CuPy sees a CUDA device: the condition for the cuML backends.
+
+    ``module`` is the part of cuML a stage needs (``cuml.cluster``, ``cuml.manifold``): it is
+    imported too, so a broken install reads as "no cuML" instead of failing mid-run.
+    """
+    try:
+        importlib.import_module("cuml")
+        importlib.import_module(module)
+    except Exception:  # noqa: BLE001 -- ImportError, or CUDA failing to initialise during the import
+        return False
+    return cupy_info().get("devices", 0) > 0
 
 
 @functools.lru_cache(maxsize=1)
@@ -157,8 +185,13 @@ def cpu_bf16_flags() -> list[str]:
     return [f for f in BF16_FLAGS if f in flags]
 
 
+@functools.lru_cache(maxsize=1)
 def cpu_supports_bf16() -> bool:
-    """Native bf16 matmuls (avx512_bf16 or AMX): bf16 embedding is then ~3x faster than fp32 on CPU."""
+    """Native bf16 matmuls (avx512_bf16 or AMX): bf16 embedding is then ~3x faster than fp32 on CPU.
+
+    The kernel's flags decide when present (AMX also needs the kernel to enable it); torch is asked
+    only where there is no /proc/cpuinfo.
+    """
     flags = cpu_flags()
     if flags:
         return bool(flags & {"avx512_bf16", "amx_bf16"})
