@@ -25,8 +25,8 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from engine.milvus.client import run_with_timeout as _run_with_timeout  # noqa: E402
 from engine.milvus.indexes import CATALOG  # noqa: E402
+from engine.timeouts import run_with_timeout as _run_with_timeout  # noqa: E402
 
 SERVER_INDEX_CLASSES = [(name, cls) for name, cls in CATALOG.items() if cls.SERVER]
 

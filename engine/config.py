@@ -44,6 +44,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from engine.errors import EngineError
+from engine.milvus.indexes import Metric
 
 RUN_CONFIG_NAME = "run.toml"
 #: min_samples defaults per cluster space: the raw-graph HDBSCAN* keeps its measured 3; in the node
@@ -149,7 +150,7 @@ class StoreSettings(Section):
     )
     db_name: str | None = opt(None, "Milvus database name (servers only)")
     collection: str = opt("engine_docs", "Milvus collection name (default engine_docs)")
-    metric: Literal["COSINE", "IP", "L2"] = opt("COSINE", "Milvus metric (default COSINE)")
+    metric: Metric = opt("COSINE", "Milvus metric (default COSINE)")
     index: str = opt("auto", "auto (FLAT up to 50k docs, else HNSW), FLAT, IVF_FLAT, IVF_SQ8, HNSW, ...")
     index_params: dict[str, Any] | None = opt(
         None, 'index build parameters as JSON, e.g. \'{"M": 16, "efConstruction": 200}\''

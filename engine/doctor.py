@@ -57,7 +57,8 @@ def probe_milvus(
     each type is built on a small throw-away collection and searched. Types this server version is
     known to accept but never finish building are listed apart, without trying them.
     """
-    from engine.milvus.client import is_lite_uri, mask_uri, run_with_timeout, short_error
+    from engine.milvus.client import is_lite_uri, mask_uri, short_error
+    from engine.timeouts import run_with_timeout
 
     shown = mask_uri(uri)
     out: dict[str, Any] = {"uri": shown, "token_given": bool(token)}

@@ -9,8 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from engine.errors import EngineError
-
-METRICS = ("COSINE", "IP", "L2")
+from engine.milvus.indexes import METRICS
 
 
 def to_euclidean(raw: np.ndarray, metric: str) -> np.ndarray:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -122,28 +121,6 @@ def retrying(
         before_sleep=before_sleep,
         reraise=True,
     )
-
-
-def run_with_timeout(fn: Callable[[], T], timeout: float) -> tuple[str, T | BaseException | None]:
-    """``('ok', value)`` | ``('error', exception)`` | ``('timeout', None)``.
-
-    ``fn`` runs in a daemon thread; a hung call (DISKANN's create_index on milvus 2.3.5 never
-    returns) is abandoned, not killed.
-    """
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - reported to the caller
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        return "timeout", None
-    return ("error", box["error"]) if "error" in box else ("ok", box.get("value"))
 
 
 def short_error(exc: BaseException | str) -> str:

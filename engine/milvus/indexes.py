@@ -15,11 +15,16 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, get_args
 
 from engine.errors import EngineError
 
 ParamValue = int | float | str
+
+
+#: Milvus metrics the engine stores with (engine.graph.distances converts each to Euclidean distance).
+Metric = Literal["COSINE", "IP", "L2"]
+METRICS: tuple[str, ...] = get_args(Metric)
 
 
 @dataclass(frozen=True)

@@ -20,8 +20,9 @@ from typing import Any
 
 import numpy as np
 
-from engine.milvus.client import run_with_timeout, server_version, short_error
+from engine.milvus.client import server_version, short_error
 from engine.milvus.indexes import CATALOG, IndexConfig, build_hangs, get_index_class
+from engine.timeouts import run_with_timeout
 
 PROBE_DIM = 16
 #: Above Milvus 2.3's minSegmentNumRowsToEnableIndex (1,024): a smaller sealed segment gets no real

@@ -31,6 +31,7 @@ from engine.milvus.client import (
     retrying,
 )
 from engine.milvus.indexes import (
+    METRICS,
     allowed_index_types,
     check_index_params,
     default_index_params,
@@ -41,7 +42,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 
-METRICS = ("COSINE", "IP", "L2")
 #: Milvus caps a query() window at 16,384 rows.
 QUERY_WINDOW = 16_384
 
