@@ -60,54 +60,39 @@ def run_with_timeout(fn: Any, timeout: float) -> tuple[str, Any]:
 def probe(
     uri: str, token: str | None, n: int, dim: int, k: int, timeout: float, on_hang: Any = None
 ) -> dict[str, Any]:
-    """Build and search every candidate; ``on_hang()`` (restart our own server) returns a new client."""
-    from pymilvus import DataType, MilvusClient
+    """Build and search every candidate through the store's one create-index path.
 
-    client = MilvusClient(uri=uri, token=token or "")
+    ``on_hang()`` (restart our own server) returns the new URI after a build that never finishes.
+    """
+    from engine.milvus.client import server_version
+    from engine.milvus.store import MilvusStore
+
     vectors = clustered(n, dim)
     queries = vectors[:50]
     truth = np.argsort(-(queries @ vectors.T), axis=1)[:, :k]
-    out: dict[str, Any] = {"server_version": client.get_server_version(), "indexes": {}}
+    # no retries, no rebuild-on-load-failure: a refusal is the answer, not something to work around
+    options = dict(dim=dim, metric="COSINE", max_retries=0, lite_direct=False, rebuild_on_load_failure=False)
+    base = MilvusStore(uri, token=token, collection="probe_base", **options)
+    out: dict[str, Any] = {"server_version": server_version(base.client), "indexes": {}}
     for index_type, params, search_params in CANDIDATES:
-        name = f"probe_{index_type.lower()}"
-        if client.has_collection(name):
-            client.drop_collection(name)
-        schema = MilvusClient.create_schema(auto_id=False, enable_dynamic_field=False)
-        schema.add_field("id", DataType.INT64, is_primary=True)
-        schema.add_field("vector", DataType.FLOAT_VECTOR, dim=dim)
-        client.create_collection(name, schema=schema)
-        client.insert(name, [{"id": i, "vector": vectors[i].tolist()} for i in range(n)])
-        client.flush(name)
+        store = base.sibling(f"probe_{index_type.lower()}", **options)
+        store.ensure_collection(dim, drop_existing=True)
+        store.insert(np.arange(n, dtype=np.int64), vectors)
+        store.flush()
         entry: dict[str, Any] = {"params": params}
-
-        def build(
-            name: str = name,
-            index_type: str = index_type,
-            params: dict[str, Any] = params,
-            client: Any = client,
-        ) -> None:
-            ip = client.prepare_index_params()
-            ip.add_index(field_name="vector", index_type=index_type, metric_type="COSINE", params=params)
-            client.create_index(name, ip)
-            client.load_collection(name)
-
         t0 = time.perf_counter()
-        status, value = run_with_timeout(build, timeout)
+        status, value = run_with_timeout(
+            lambda s=store, t=index_type, p=params: s.create_index(t, p, timeout=timeout), timeout + 15
+        )
+        if status == "ok":
+            status, value = run_with_timeout(lambda s=store, sp=search_params: s.load(), timeout)
         entry["build_s"] = round(time.perf_counter() - t0, 2)
         if status == "ok":
-
-            def search(name: str = name, sp: dict[str, Any] = search_params, client: Any = client) -> Any:
-                return client.search(
-                    name,
-                    queries.tolist(),
-                    limit=k,
-                    search_params={"metric_type": "COSINE", "params": sp},
-                    output_fields=[],
-                )
-
-            status, value = run_with_timeout(search, timeout)
+            status, value = run_with_timeout(
+                lambda s=store, sp=search_params: s.search(queries, k, search_params=sp), timeout
+            )
             if status == "ok":
-                got = np.array([[h["id"] for h in hits] for hits in value])
+                got = value[0]
                 entry["recall_at_k"] = round(
                     float(np.mean([len(set(a) & set(b)) / k for a, b in zip(got, truth, strict=True)])), 4
                 )
@@ -117,11 +102,11 @@ def probe(
         out["indexes"][index_type] = entry
         print(index_type, entry, flush=True)
         # dropping the collection cancels a build that loops forever inside the server
-        dropped, _ = run_with_timeout(lambda name=name, client=client: client.drop_collection(name), 60)
+        dropped, _ = run_with_timeout(store.drop, 60)
         if status == "timeout" and dropped != "ok":
             if on_hang is None:
                 break  # a remote server stuck on a build: later answers would be meaningless
-            client = on_hang()
+            base = MilvusStore(on_hang(), token=token, collection="probe_base", **options)
     return out
 
 
@@ -152,11 +137,9 @@ def main(argv: list[str] | None = None) -> int:
         on_hang = None
         if server is not None:
 
-            def on_hang() -> Any:
-                from pymilvus import MilvusClient
-
+            def on_hang() -> str:
                 server.restart()
-                return MilvusClient(uri=server.uri)
+                return server.uri
 
         result = probe(uri, token, args.n, args.dim, args.k, args.timeout, on_hang)
     finally:
