@@ -58,7 +58,14 @@ def run_with_timeout(fn: Any, timeout: float) -> tuple[str, Any]:
 
 
 def probe(
-    uri: str, token: str | None, n: int, dim: int, k: int, timeout: float, on_hang: Any = None
+    uri: str,
+    token: str | None,
+    n: int,
+    dim: int,
+    k: int,
+    timeout: float,
+    on_hang: Any = None,
+    types: list[str] | None = None,
 ) -> dict[str, Any]:
     """Build and search every candidate through the store's one create-index path.
 
@@ -75,6 +82,8 @@ def probe(
     base = MilvusStore(uri, token=token, collection="probe_base", **options)
     out: dict[str, Any] = {"server_version": server_version(base.client), "indexes": {}}
     for index_type, params, search_params in CANDIDATES:
+        if types and index_type not in types:
+            continue
         store = base.sibling(f"probe_{index_type.lower()}", **options)
         store.ensure_collection(dim, drop_existing=True)
         store.insert(np.arange(n, dtype=np.int64), vectors)
@@ -120,6 +129,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dim", type=int, default=128)
     parser.add_argument("--k", type=int, default=10)
     parser.add_argument("--timeout", type=float, default=90.0, help="seconds per index build/search")
+    parser.add_argument(
+        "--types", default=None, help="comma-separated index types (default: every server type)"
+    )
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "server_index_support.json"))
     args = parser.parse_args(argv)
     token = os.environ.get(args.token_env)
@@ -141,7 +153,8 @@ def main(argv: list[str] | None = None) -> int:
                 server.restart()
                 return server.uri
 
-        result = probe(uri, token, args.n, args.dim, args.k, args.timeout, on_hang)
+        types = [t.strip().upper() for t in args.types.split(",")] if args.types else None
+        result = probe(uri, token, args.n, args.dim, args.k, args.timeout, on_hang, types)
     finally:
         if server is not None:
             server.stop()  # also ends a DISKANN busy loop
