@@ -216,3 +216,33 @@ def test_no_credential_from_the_uri_in_any_file_of_the_run_directory(
     for path in files:
         assert b"SECRET-PASSWORD" not in path.read_bytes(), path
     assert 'milvus_uri = "http://127.0.0.1:' in (out / "run.toml").read_text()
+
+
+def test_watchdog_kills_a_server_that_ignores_sigterm_once_its_engine_is_killed(tmp_path):
+    """The 2.3 binary's graceful stop can hang on a loaded machine: SIGTERM, then SIGKILL after the grace."""
+    stubborn = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); time.sleep(300)",
+        ]
+    )
+    engine_stand_in = (
+        "import subprocess, sys, time\n"
+        f"w = subprocess.Popen([sys.executable, {str(REPO / 'engine/milvus/watchdog.py')!r}, "
+        f"'{stubborn.pid}', 'signal.SIG_IGN', '2'], stdin=subprocess.PIPE, start_new_session=True)\n"
+        "print('watching', flush=True)\n"
+        "time.sleep(300)\n"
+    )
+    parent = subprocess.Popen([sys.executable, "-c", engine_stand_in], stdout=subprocess.PIPE, text=True)
+    try:
+        assert parent.stdout.readline().strip() == "watching"
+        time.sleep(1.0)
+        assert stubborn.poll() is None  # the watchdog leaves the server alone while its engine lives
+        parent.kill()  # as a user's kill -9 or the OOM killer would
+        parent.wait(timeout=10)
+        assert stubborn.wait(timeout=30) == -signal.SIGKILL  # SIGTERM ignored, so killed after the grace
+    finally:
+        for proc in (parent, stubborn):
+            if proc.poll() is None:
+                proc.kill()

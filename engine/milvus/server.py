@@ -76,6 +76,9 @@ SERVER_SETTINGS: dict[str, Any] = {
     # the wait when it cannot (a server orphaned by a killed engine).
     "common.gracefulStopTimeout": 10,
 }
+#: Seconds the watchdog (engine/milvus/watchdog.py) gives a server whose engine died to stop on SIGTERM
+#: before it SIGKILLs it: the 2.3 binary's graceful stop can hang for ever on a loaded machine.
+ORPHAN_GRACE_S = 10.0
 #: Written in the data folder while a server runs: how a later engine finds a server orphaned by a crash.
 STATE_FILE = "engine-server.json"
 
@@ -325,6 +328,7 @@ class LocalMilvusServer:
         self.alias = alias
         self.session_ttl = session_ttl
         self._proc: subprocess.Popen[bytes] | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
         self._log_files: list[Any] = []
         self.port_: int | None = None
         self.health_port_: int | None = None
@@ -451,6 +455,7 @@ class LocalMilvusServer:
                 else None,  # noqa: PLW1509
             )
             self.port_, self.health_port_, self.pid_ = port, health_port, self._proc.pid
+            self._start_watchdog(str(exe))
             (base / STATE_FILE).write_text(
                 json.dumps({"pid": self.pid_, "port": port, "health_port": health_port, "exe": str(exe)})
             )
@@ -466,6 +471,34 @@ class LocalMilvusServer:
         self.started_s_ = time.monotonic() - t0
         log.info("Milvus ready at %s after %.1f s", self.uri, self.started_s_)
         return self
+
+    def _start_watchdog(self, exe: str) -> None:
+        """A separate process that stops the server once this process is gone (see engine/milvus/watchdog.py).
+
+        Its stdin is a pipe only this process writes to; the kernel closes it however we end.
+        """
+        assert self._proc is not None
+        self._watchdog = subprocess.Popen(  # noqa: S603 -- our own script, our own interpreter
+            [sys.executable, str(Path(__file__).with_name("watchdog.py")), str(self._proc.pid), exe,
+             str(ORPHAN_GRACE_S)],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,  # neither Ctrl+C nor a kill of our process group ends the watch
+        )  # fmt: skip
+
+    def _stop_watchdog(self) -> None:
+        """Close the pipe after the server stopped: the watchdog finds it gone and exits."""
+        watchdog, self._watchdog = self._watchdog, None
+        if watchdog is None:
+            return
+        with contextlib.suppress(OSError):
+            watchdog.stdin.close()  # type: ignore[union-attr]
+        try:
+            watchdog.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            watchdog.kill()
+            watchdog.wait(timeout=5)
 
     def _internal_ports(self, base: Path, config_cls: Any, exclude: set[int]) -> dict[str, int]:
         """Ports of etcd and the coordinators/nodes, kept in ``configs/engine-ports.json``.
@@ -563,6 +596,7 @@ class LocalMilvusServer:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
                 proc.wait(timeout=10)
+        self._stop_watchdog()
         if proc is not None:
             self._cleanup_run_files(proc.pid)
             with contextlib.suppress(OSError):
