@@ -33,6 +33,7 @@ def run_script(*args: str, timeout: float = 900, env: dict[str, str] | None = No
     return proc.stdout
 
 
+@pytest.mark.slow
 def test_bench_cluster_small(tmp_path) -> None:
     out = tmp_path / "cluster.json"
     run_script(
@@ -48,6 +49,7 @@ def test_bench_cluster_small(tmp_path) -> None:
     assert rows["hdbscan_generic"]["ari_vs_engine"] >= 0.9
 
 
+@pytest.mark.slow
 def test_fidelity_small(tmp_path, shared_data_dir) -> None:
     out = tmp_path / "fidelity.json"
     run_script(
@@ -71,6 +73,7 @@ def _aris(data: dict, source: str, min_k: int) -> list[float]:
     ]
 
 
+@pytest.mark.slow
 def test_bench_vs_tutorial_small(tmp_path) -> None:
     out = tmp_path / "tutorial.json"
     run_script(
@@ -98,6 +101,7 @@ def test_bench_index_ops_small(tmp_path) -> None:
     assert benches and all(b["stats"]["mean"] > 0 for b in benches)
 
 
+@pytest.mark.slow
 def test_bench_embed_ingest_rss_small(tmp_path) -> None:
     out = tmp_path / "ingest.json"
     run_script(str(BENCH / "bench_embed.py"), "--ingest-rss", "300", "--out", str(out))
@@ -105,6 +109,7 @@ def test_bench_embed_ingest_rss_small(tmp_path) -> None:
     assert len(rows) == 2 and all(r.get("peak_rss_mb", 0) > 0 for r in rows), rows
 
 
+@pytest.mark.slow
 @pytest.mark.server
 def test_server_index_support_small(tmp_path) -> None:
     pytest.importorskip("milvus")
@@ -121,6 +126,7 @@ def test_server_index_support_small(tmp_path) -> None:
     assert indexes["HNSW"]["recall_at_k"] >= 0.9 and indexes["IVF_FLAT"]["recall_at_k"] > 0.5, indexes
 
 
+@pytest.mark.slow
 @pytest.mark.server
 def test_bench_segments_small(tmp_path) -> None:
     pytest.importorskip("milvus")

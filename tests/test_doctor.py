@@ -114,6 +114,7 @@ def test_lite_path_is_recognised(milvus_lite_uri: str) -> None:
     assert info["kind"] == "lite"
 
 
+@pytest.mark.slow
 @pytest.mark.server
 def test_doctor_against_real_server(
     milvus_server: str, milvus_server_token, capsys: pytest.CaptureFixture

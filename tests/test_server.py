@@ -158,6 +158,7 @@ def test_store_and_knn_graph_on_server(milvus_server: str, milvus_server_token) 
         store.drop()
 
 
+@pytest.mark.slow
 def test_index_probe_accepts_ivf_and_hnsw(milvus_server: str, milvus_server_token) -> None:
     """doctor's index probe never blocks (per-call timeout) and sees what the server validates."""
     from engine.doctor import probe_milvus
@@ -169,6 +170,7 @@ def test_index_probe_accepts_ivf_and_hnsw(milvus_server: str, milvus_server_toke
     assert time.monotonic() - t0 < 150
 
 
+@pytest.mark.slow
 def test_resume_after_server_restart_mid_ingest(milvus_server_handle, milvus_server: str) -> None:
     """Stop and start the server mid-ingest: flushed *and* unflushed rows persist, the old store
     object reconnects, and the ingest resumes from ``existing_ids()``."""
