@@ -117,13 +117,20 @@ def vote(neighbour_labels: np.ndarray, distances: np.ndarray, radius: float, m: 
     return Assignment(out_label, out_conf, reason)
 
 
-def lookup_labels(neighbour_ids: np.ndarray, ids: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """Labels of neighbour ids via the run's (ids, values) table; unknown ids -> int64 min (no vote)."""
+def lookup_labels(
+    neighbour_ids: np.ndarray, ids: np.ndarray, values: np.ndarray, valid: np.ndarray | None = None
+) -> np.ndarray:
+    """Labels of neighbour ids via the run's (ids, values) table; unknown ids -> int64 min (no vote).
+
+    ``valid``: which slots hold a hit (ids may be negative, so no id value can mark a missing one).
+    """
     order = np.argsort(ids)
     sorted_ids = ids[order]
     pos = np.searchsorted(sorted_ids, neighbour_ids)
     pos = np.clip(pos, 0, max(len(sorted_ids) - 1, 0))
-    found = (len(sorted_ids) > 0) & (sorted_ids[pos] == neighbour_ids) & (neighbour_ids >= 0)
+    found = (len(sorted_ids) > 0) & (sorted_ids[pos] == neighbour_ids)
+    if valid is not None:
+        found &= valid
     out = np.full(neighbour_ids.shape, np.iinfo(np.int64).min, dtype=np.int64)
     out[found] = np.asarray(values)[order][pos[found]]
     return out

@@ -161,13 +161,57 @@ def _add_use_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--filter", default="", help="any Milvus boolean expression, e.g. 'layer_1 == 2'")
     p.add_argument("--json", action="store_true", help="print JSON lines instead of a table")
     p.add_argument("--quiet", "-q", action="store_true", help="no stage logs")
+    help_ = "HTTP server on a finished run: search and assign with the model loaded once (JSON in/out)"
+    p = sub.add_parser("serve", help=help_, description=help_)
+    p.add_argument("--out", "-o", default="out", help="the run directory (default ./out)")
+    p.add_argument("--config", default=None, help="TOML file with options (flags override it)")
+    p.add_argument("--quiet", "-q", action="store_true", help="no stage logs")
+    for title, options in stage_options("serve"):
+        g = p.add_argument_group(title)
+        for flags, kwargs in options:
+            g.add_argument(*flags, **kwargs)
 
 
-def _saved_config(out: str) -> EngineConfig:
+def _run_serve(args: argparse.Namespace) -> int:
+    """``engine serve``: load once, answer until Ctrl+C / SIGTERM (engine.serve)."""
+    from engine.pipeline import Pipeline
+    from engine.rundir import reading
+    from engine.serve import Service, make_server
+
+    given = {k: v for k, v in vars(args).items() if k in ("host", "port")}
+    config = _saved_config(args.out, given, config_file=args.config)
+    uri = _configured_milvus_uri(config)
+    with reading(config.out_dir, "serve", uri) as use_uri, Pipeline(config, progress=False) as pipe:
+        if use_uri != uri:
+            pipe.use_milvus_uri = use_uri
+        service = Service(pipe)
+        server = make_server(service, config.serve.host, config.serve.port)
+        host, port = server.server_address[:2]
+        print(
+            f"engine serve: model and collection loaded in {service.load_s:.1f} s; listening on "
+            f"http://{host}:{port} (GET /health, POST /search, POST /assign); Ctrl+C stops",
+            file=sys.stderr,
+            flush=True,
+        )
+        try:
+            server.serve_forever(poll_interval=0.2)
+        except KeyboardInterrupt:
+            print("engine serve: stopped", file=sys.stderr)
+        finally:
+            server.server_close()
+            service.close()
+    return 0
+
+
+def _saved_config(
+    out: str, flags: dict[str, Any] | None = None, config_file: str | None = None
+) -> EngineConfig:
+    """The finished run's configuration (+ ``flags``); the options are checked first (cheap, no run needed)."""
+    config = resolve_config({"out": out, **(flags or {})}, config_file=config_file)
     saved = Path(out) / RUN_CONFIG_NAME
     if not saved.exists():
         raise EngineError(f"{saved} not found: `engine run CORPUS --out {out}` first")
-    return resolve_config({"out": out})
+    return config
 
 
 def _run_use(args: argparse.Namespace) -> int:
@@ -175,11 +219,25 @@ def _run_use(args: argparse.Namespace) -> int:
     import json
 
     from engine.pipeline import Pipeline
+    from engine.rundir import reading
 
     config = _saved_config(args.out)
-    with Pipeline(config, progress=not args.quiet) as pipe:
+    if args.command == "search":
+        from engine.stages import check_search
+
+        check_search(args.query, args.k)
+    uri = _configured_milvus_uri(config)
+    writes = args.command == "assign" and args.store
+    with (
+        reading(config.out_dir, args.command, uri, writes=writes) as use_uri,
+        Pipeline(config, progress=not args.quiet) as pipe,
+    ):
+        if use_uri != uri:
+            pipe.use_milvus_uri = use_uri
         if args.command == "search":
             hits = pipe.search(args.query, k=args.k, cluster=args.cluster, filter=args.filter)
+            if not args.quiet:
+                _print_cost(pipe, "search", args.out)
             if args.json:
                 for row in hits.to_dict(orient="records"):
                     print(json.dumps(row, ensure_ascii=False, default=str))
@@ -204,6 +262,8 @@ def _run_use(args: argparse.Namespace) -> int:
         )
         name = Path(args.corpus).name.split(".")[0] or "new"
         out = pipe.assign(corpus.frame, k=args.k, store=args.store, source=Path(args.corpus).name)
+        if not args.quiet:
+            _print_cost(pipe, "assign", args.out)
         out = with_source_columns(out, corpus.frame, corpus.stats)
         path = Path(args.out) / "assigned" / f"{name}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -216,6 +276,23 @@ def _run_use(args: argparse.Namespace) -> int:
             f"  {path}"
         )
     return 0
+
+
+def _configured_milvus_uri(config: EngineConfig) -> str:
+    """The finished run's Milvus (the embedded choice is the store already in the directory)."""
+    from engine.milvus.embedded import choose_embedded_milvus
+
+    return config.store.explicit_milvus_uri or choose_embedded_milvus(config.out_dir, 0)
+
+
+def _print_cost(pipe: Any, what: str, out: str) -> None:
+    """What one call cost: most of it is loading the model, which `engine serve` does once."""
+    load, call = pipe.timings_.get("model load", 0.0), pipe.timings_.get(what, 0.0)
+    print(
+        f"engine {what}: model load {load:.1f} s, {what} {call:.1f} s "
+        f"(`engine serve --out {out}` loads the model once for many calls)",
+        file=sys.stderr,
+    )
 
 
 def _add_tool_parsers(sub: argparse._SubParsersAction) -> None:
@@ -253,7 +330,7 @@ def _run_stage(args: argparse.Namespace) -> int:
         "run": [pipe.run],
         "embed": [pipe.load_corpus, pipe.embed],
         "graph": [pipe.build_graph],
-        "cluster": [pipe.cluster],
+        "cluster": [pipe.cluster, pipe.store_cluster_labels],
         "map": [pipe.project],
         "report": [pipe.report, pipe.store_labels],
     }
@@ -306,6 +383,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.command in ("assign", "search"):
             return _run_use(args)
+        if args.command == "serve":
+            return _run_serve(args)
         return _run_stage(args)
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -169,6 +169,15 @@ class StoreSettings(Section):
             raise ValueError(f"--index must be one of {', '.join(known)}, got {value!r}")
         return value
 
+    @field_validator("milvus_uri")
+    @classmethod
+    def _uri_scheme(cls, value: str | None) -> str | None:
+        from engine.milvus.client import check_uri
+
+        if value:
+            _as_value_error(check_uri, value)
+        return value
+
     @field_validator("collection")
     @classmethod
     def _collection_name(cls, value: str) -> str:
@@ -280,6 +289,14 @@ class ReportSettings(Section):
     )
 
 
+class ServeSettings(Section):
+    """``engine serve``: where the HTTP server listens (loopback by default: it has no authentication)."""
+
+    STAGES = ("serve",)
+    host: str = opt("127.0.0.1", "address to listen on (default 127.0.0.1, this machine only)")
+    port: Int = opt(8765, "TCP port (default 8765; 0 picks a free one)", ge=0, le=65535)
+
+
 class EngineConfig(BaseSettings):
     """Every option of a run, by stage. Build it with :func:`resolve_config` (layers) or directly (defaults)."""
 
@@ -300,6 +317,7 @@ class EngineConfig(BaseSettings):
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     map: MapSettings = Field(default_factory=MapSettings)
     report: ReportSettings = Field(default_factory=ReportSettings)
+    serve: ServeSettings = Field(default_factory=ServeSettings)
 
     #: subcommands that show the top-level ``--seed``
     SEED_STAGES: ClassVar[tuple[str, ...]] = ("run", "cluster", "map")
@@ -419,6 +437,14 @@ class FlatEnvSource(PydanticBaseSettingsSource):
 
     def __call__(self) -> dict[str, Any]:
         return nest(self.flat())
+
+
+def env_variable(name: str) -> str:
+    """The environment variable that set option ``name`` (ENGINE_<FIELD> wins over MILVUS_URI/TOKEN)."""
+    own = ENV_PREFIX + name.upper()
+    if os.environ.get(own) is not None:
+        return own
+    return next((env for env, field in ENV_ALIASES.items() if field == name), own)
 
 
 def _parse_text(name: str, value: str) -> Any:
@@ -614,5 +640,8 @@ def resolve_config(
         saved_options.pop("restart", None)  # a restart is never implied by an earlier run
         saved_options.pop("out", None)  # the directory it was found in, wherever it was written
         layers.append((saved_options, str(saved)))
-    layers += [(file_options, config_file), (env_options, None), (flags, None)]
+    layers.append((file_options, config_file))
+    # One layer per variable, so an error names it (ENGINE_K=abc -> "ENGINE_K: --k must be an integer").
+    layers += [({name: value}, env_variable(name)) for name, value in env_options.items()]
+    layers.append((flags, None))
     return build_config(layers)

@@ -9,6 +9,7 @@ scikit-learn style as ``name_`` attributes.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from contextlib import contextmanager
@@ -51,6 +52,9 @@ class Pipeline:
         self.report_: Any = None
         self.labels_: pd.DataFrame | None = None
         self._server: Any = None
+        #: Set by a reader while another command holds the run (engine.rundir.reading): use this Milvus.
+        self.use_milvus_uri: str | None = None
+        self._encoder_cache: Any = None
 
     def __enter__(self) -> Pipeline:
         return self
@@ -102,6 +106,8 @@ class Pipeline:
     # ---- Milvus -----------------------------------------------------------------------------
     def resolved_milvus_uri(self) -> str:
         """--milvus-uri, else $MILVUS_URI, else the embedded default for this corpus size."""
+        if self.use_milvus_uri:
+            return self.use_milvus_uri
         return self.config.store.explicit_milvus_uri or choose_embedded_milvus(
             self.paths.root, len(self.frame)
         )
@@ -256,9 +262,9 @@ class Pipeline:
         self.report_ = report
         return report
 
-    def store_labels(self) -> int:
+    def store_labels(self, labels: pd.DataFrame | None = None) -> int:
         """Write every label column onto the Milvus rows (:func:`engine.stages.store_labels`)."""
-        labels = self.labels()
+        labels = self.labels() if labels is None else labels
         vectors = self.vectors()
         with self._stage("labels"):
             with self.open_store(dim=vectors.shape[1]) as store:
@@ -269,49 +275,100 @@ class Pipeline:
             self.details_["labels"] = f"{', '.join(columns)} stored in Milvus ({n:,} rows)"
         return n
 
+    def store_cluster_labels(self) -> int:
+        """After ``engine cluster``: Milvus gets the new clustering's fields, and loses layers it no longer has.
+
+        Upserting whole rows replaces their dynamic fields, so a ``layer_N`` of the old clustering is
+        gone; only when labels were stored before (a run that never reached that step has none).
+        """
+        if not self.paths.labels_stored.exists():
+            return 0
+        return self.store_labels(stages.cluster_label_frame(self.corpus, self.clusters()))
+
     # ---- using the clusters ----------------------------------------------------------------
     def _encoder(self):
+        """The run's model, loaded once per pipeline (``engine serve`` answers many calls with it)."""
         from engine.ingest import read_meta
 
+        if self._encoder_cache is not None:
+            return self._encoder_cache
+        t = time.perf_counter()
         encoder = stages.load_encoder(self.config.embed)
         stored = read_meta(self.paths.embeddings).get("model")
         if stored not in (None, encoder.name):
             raise EngineError(f"the run was embedded with {stored!r}, not {encoder.name!r} (option model)")
+        self.timings_["model load"] = time.perf_counter() - t
+        self._encoder_cache = encoder
         return encoder
 
-    def search(self, query: str, k: int = 10, cluster: int | None = None, filter: str = "") -> pd.DataFrame:
-        """Nearest stored documents to ``query``; ``cluster`` adds the Milvus filter ``cluster == N``."""
+    def search_columns(self) -> list[str]:
+        """Label fields that searches return and filters may name: those Milvus holds (recorded when
+        stored, so a layer an ``engine cluster`` removed is not offered), else labels.parquet's."""
+        stored = stages.stored_label_columns(self.paths)
+        return stored if stored is not None else stages.label_columns_of(self.labels(), self.corpus)
+
+    def search(
+        self, query: str, k: int = 10, cluster: int | None = None, filter: str = "", store: Any = None
+    ) -> pd.DataFrame:
+        """Nearest stored documents to ``query``; ``cluster`` adds the Milvus filter ``cluster == N``.
+
+        ``store``: an open store to reuse (``engine serve``); else one is opened for this call.
+        """
+        from engine.milvus.filters import check_filter
+
         stages.check_search(query, k)
-        encoder = self._encoder()
-        columns = stages.label_columns_of(self.labels(), self.corpus)
-        with self.open_store(dim=encoder.dim) as store:
-            return stages.search(query, encoder, store, columns, k=k, cluster=cluster, filter=filter)
+        columns = self.search_columns()
+        user = check_filter(filter, stages.search_fields(columns))  # before the model loads
+        with contextlib.ExitStack() as stack:
+            if store is None:
+                store = stack.enter_context(self.open_store())
+                if user:
+                    store.check_filter(user)  # Milvus parses it, still before the model loads
+            encoder = self._encoder()
+            t = time.perf_counter()
+            out = stages.search(query, encoder, store, columns, k=k, cluster=cluster, filter=filter)
+        self.timings_["search"] = time.perf_counter() - t
+        return out
 
     def assign(
-        self, frame: pd.DataFrame, k: int = 15, store: bool = False, source: str = "new"
+        self,
+        frame: pd.DataFrame,
+        k: int = 15,
+        store: bool = False,
+        source: str = "new",
+        open_store: Any = None,
     ) -> pd.DataFrame:
-        """Place new documents in the run's clusters (:func:`engine.stages.assign`)."""
+        """Place new documents in the run's clusters (:func:`engine.stages.assign`).
+
+        ``open_store``: an open store to reuse (``engine serve``); else one is opened for this call.
+        """
         stages.check_assign(frame, k)
         labels = self.labels()
         columns = stages.label_columns_of(labels, self.corpus)
         graph = self.graph()
         cfg = self.config.cluster
         encoder = self._encoder()
+
+        def place(st: Any) -> pd.DataFrame:
+            return stages.assign(
+                frame,
+                encoder,
+                st,
+                labels,
+                columns,
+                graph,
+                min_samples=cfg.min_samples or cfg.min_cluster_size,
+                k=k,
+                only_run=self.paths.labels_stored.exists(),
+                keep=store,
+                source=source,
+            )
+
         with self._stage("assign"):
+            if open_store is not None:
+                return place(open_store)
             with self.open_store(dim=encoder.dim) as st:
-                return stages.assign(
-                    frame,
-                    encoder,
-                    st,
-                    labels,
-                    columns,
-                    graph,
-                    min_samples=cfg.min_samples or cfg.min_cluster_size,
-                    k=k,
-                    only_run=self.paths.labels_stored.exists(),
-                    keep=store,
-                    source=source,
-                )
+                return place(st)
 
     # ---- whole run -----------------------------------------------------------------------
     def run(self) -> RunSummary:

@@ -31,6 +31,10 @@ log = logging.getLogger("engine")
 LOCK_NAME = ".engine.lock"
 
 
+class LockHeld(EngineError):
+    """Another live command holds the run directory."""
+
+
 def _pid_alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -84,7 +88,7 @@ class RunLock:
                 who = f"`engine {owner.get('command', '?')}` (pid {owner.get('pid', '?')}"
                 since = owner.get("started")
                 who += f", started {time.strftime('%H:%M:%S', time.localtime(since))})" if since else ")"
-                raise EngineError(
+                raise LockHeld(
                     f"--out {self.root} is in use by {who}: wait for it to finish, or use another --out"
                 ) from None
         stale = self.owner()
@@ -119,6 +123,57 @@ class RunLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def in_progress(root: Path, owner: dict[str, Any]) -> EngineError:
+    """The one line a reader gives when it cannot use a run in progress."""
+    who = f" (`engine {owner['command']}`, pid {owner.get('pid', '?')})" if owner.get("command") else ""
+    return EngineError(f"a run is in progress in {root}{who}; try again when it ends")
+
+
+@contextlib.contextmanager
+def reading(root: str | os.PathLike[str], command: str, milvus_uri: str, writes: bool = False):
+    """Reader access for ``engine search``/``assign``/``serve``: a reader never harms a run.
+
+    Yields the Milvus URI to use. When the directory is free, the reader holds its lock like any command
+    (so it may start the run's local server or open its Lite file, and no run starts under it) and
+    ``milvus_uri`` is used as configured. When another command holds it: the server that command runs
+    (``local-server``, found by its record) or an external server is used as it is; a Milvus Lite file
+    (one process at a time), a server not up, or a reader that ``writes`` is refused with one line,
+    before anything loads.
+    """
+    from engine.milvus.client import is_lite_uri
+    from engine.milvus.embedded import LOCAL_SERVER_URI
+
+    lock = RunLock(root, command)
+    try:
+        lock.acquire()
+    except LockHeld:
+        owner = lock.owner()
+        if writes:
+            raise in_progress(lock.root, owner) from None
+        if milvus_uri == LOCAL_SERVER_URI:
+            from engine.milvus.server import running_server_uri
+
+            uri = running_server_uri(RunPaths(lock.root).milvus_server)
+            if uri is None:
+                raise in_progress(lock.root, owner) from None
+            log.info(
+                "milvus: %s is in use by `engine %s`; using its server at %s",
+                lock.root,
+                owner.get("command", "?"),
+                uri,
+            )
+            yield uri
+        elif is_lite_uri(milvus_uri):
+            raise in_progress(lock.root, owner) from None
+        else:
+            yield milvus_uri
+        return
+    try:
+        yield milvus_uri
+    finally:
+        lock.release()
 
 
 @dataclass

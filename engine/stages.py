@@ -491,6 +491,27 @@ def _over_time(labels: np.ndarray, times: pd.Series, settings: Any) -> dict:
     return result
 
 
+def cluster_label_frame(corpus: CorpusData, clusters: dict[str, np.ndarray]) -> pd.DataFrame:
+    """``id``, ``cluster`` and ``layer_N`` of the current clustering (what Milvus must hold after it)."""
+    if len(clusters["labels"]) != len(corpus.frame):
+        raise EngineError("saved clusters do not match the corpus size: re-run `engine graph` and `cluster`")
+    columns = {
+        "id": corpus.frame["id"].to_numpy(dtype=np.int64),
+        "cluster": clusters["labels"].astype(np.int64),
+    }
+    for i, layer in enumerate(clusters.get("layers", ())):
+        columns[f"layer_{i}"] = layer.astype(np.int64)
+    return pd.DataFrame(columns)
+
+
+def stored_label_columns(paths: RunPaths) -> list[str] | None:
+    """The label fields Milvus holds (recorded by :func:`store_labels`), None when never stored."""
+    try:
+        return list(json.loads(paths.labels_stored.read_text())["columns"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
 def load_labels(paths: RunPaths) -> pd.DataFrame:
     return pd.read_parquet(paths.require(paths.labels, "report"))
 
@@ -532,13 +553,35 @@ def store_labels(
             store.collection,
         )
         return 0, columns
+    stale = [c for c in stored_label_columns(paths) or [] if c not in columns]
+    if stale:  # fewer layers than the stored ones: rows are rewritten whole, so no old field stays
+        log.info("labels: removing %s (not in the current clustering) from Milvus", ", ".join(stale))
+        _drop_assigned(store)
     fields = {**{c: labels[c].to_numpy() for c in columns}, ASSIGNED_FIELD: np.zeros(len(ids), np.int64)}
     with tqdm(total=len(ids), desc="labels->milvus", unit="doc", disable=not progress) as bar:
-        n = store.upsert_labels(ids, vectors, frame["text"].tolist(), fields, progress=bar.update)
+        n = store.upsert_labels(
+            ids, vectors, frame["text"].tolist(), fields, progress=bar.update, replace=bool(stale)
+        )
     store.flush()
     paths.labels_stored.write_text(json.dumps({"columns": columns, "rows": n}))
     log.info("labels: %s written to %d Milvus rows (filter e.g. 'cluster == 3')", ", ".join(columns), n)
     return n, columns
+
+
+def _drop_assigned(store: Any) -> None:
+    """Remove documents ``engine assign --store`` added: they carry the previous clustering's layers."""
+    dropped = 0
+    while True:
+        rows = store.query(f"{ASSIGNED_FIELD} == 1", output_fields=["id"])
+        if not rows:
+            break
+        dropped += store.delete([r["id"] for r in rows])
+    if dropped:
+        log.warning(
+            "labels: removed %d documents added by `engine assign --store` (placed in the previous "
+            "clustering); re-run `engine assign --store` to add them to this one",
+            dropped,
+        )
 
 
 def label_columns_of(labels: pd.DataFrame, corpus: CorpusData) -> list[str]:
@@ -566,6 +609,11 @@ def check_assign(frame: pd.DataFrame, k: int) -> None:
         raise EngineError(f"--k must be >= 1, got {k}")
 
 
+def search_fields(columns: list[str]) -> list[str]:
+    """Fields a search filter may name: the stored row's ``id`` and ``text``, labels, ``assigned``."""
+    return ["id", "text", *columns, ASSIGNED_FIELD]
+
+
 def search(
     query: str,
     encoder: Any,
@@ -575,15 +623,22 @@ def search(
     cluster: int | None = None,
     filter: str = "",
 ) -> pd.DataFrame:
-    """Nearest stored documents to ``query``; ``cluster`` adds the Milvus filter ``cluster == N``."""
+    """Nearest stored documents to ``query``; ``cluster`` adds the Milvus filter ``cluster == N``.
+
+    ``filter`` can only narrow: it must be one expression on the run's fields (``id``, ``text``, the
+    label ``columns``, ``assigned``) that Milvus parses (:mod:`engine.milvus.filters`).
+    """
+    from engine.milvus.filters import check_filter, combine
+
     check_search(query, k)
-    expr = [f"({filter})"] if filter else []
-    if cluster is not None:
-        if not store.has_dynamic_field():
-            raise EngineError("this run's collection has no cluster fields: re-run `engine run --restart`")
-        expr.append(f"cluster == {int(cluster)}")
+    user = check_filter(filter, search_fields(columns))
+    if (user or cluster is not None) and not store.has_dynamic_field():
+        raise EngineError("this run's collection has no cluster fields: re-run `engine run --restart`")
+    if user:
+        store.check_filter(user)
+    expr = combine(user, f"cluster == {int(cluster)}" if cluster is not None else "")
     vector = encoder.encode([str(query)])
-    hits = store.search_hits(vector, k, filter=" and ".join(expr), output_fields=["text", *columns])[0]
+    hits = store.search_hits(vector, k, filter=expr, output_fields=["text", *columns])[0]
     out = pd.DataFrame(hits, columns=["id", "distance", *columns, "text"])
     return out.rename(columns={"distance": "score"})
 
@@ -619,18 +674,20 @@ def assign(
     run_ids = labels[engine_id_column(labels)].to_numpy(dtype=np.int64)
     vectors = encoder.encode(texts) if texts else np.empty((0, encoder.dim), np.float32)
     hits = store.search_hits(vectors, k, filter=f"{ASSIGNED_FIELD} == 0" if only_run else "") if texts else []
-    hit_ids = np.full((len(vectors), k), -1, dtype=np.int64)
+    # Ids may be any int64 (negative too): a missing hit is marked by its NaN score, not its id.
+    hit_ids = np.zeros((len(vectors), k), dtype=np.int64)
     raw = np.full((len(vectors), k), np.nan, dtype=np.float32)
     for i, row in enumerate(hits):
         hit_ids[i, : len(row)] = [h["id"] for h in row]
         raw[i, : len(row)] = [h["distance"] for h in row]
+    found = np.isfinite(raw)
     dist = to_euclidean(raw, store.metric).astype(np.float64)
-    dist[hit_ids < 0] = np.inf
+    dist[~found] = np.inf
     out = pd.DataFrame({"id": ids, "text": texts})
     for c in columns:
         run_values = labels[c].to_numpy(dtype=np.int64)
         radius = neighbour_radius(graph.distances, run_values, min_samples)
-        result = vote(lookup_labels(hit_ids, run_ids, run_values), dist, radius, min_samples)
+        result = vote(lookup_labels(hit_ids, run_ids, run_values, found), dist, radius, min_samples)
         out[c] = result.label
         out[f"{c}_confidence"] = result.confidence
         out[f"{c}_reason"] = result.reason.astype(str)

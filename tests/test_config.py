@@ -152,7 +152,9 @@ def test_environment_layer(tmp_path, monkeypatch):
     assert config.store.resolved_milvus_token == "user:pw"
     assert config_from_args(build_parser().parse_args([*argv, "--k", "22"])).graph.k == 22
     monkeypatch.setenv("ENGINE_MIN_CLUSTER_SIZE", "1")
-    with pytest.raises(EngineError, match="^--min-cluster-size must be >= 2, got 1$"):
+    with pytest.raises(
+        EngineError, match="^ENGINE_MIN_CLUSTER_SIZE: --min-cluster-size must be >= 2, got 1$"
+    ):
         config_from_args(build_parser().parse_args(argv))
 
 
@@ -189,6 +191,9 @@ def test_every_choice_and_range_error_is_one_line(tmp_path, name, value, start):
     corpus = tmp_path / "docs.csv"
     corpus.write_text("title,description\na,b\n")
     base = ["run", str(corpus), "--out", str(tmp_path / "o"), "--model", MODEL]
+    section = FIELD_SECTION[name]
+    if section is not None and "run" not in SECTIONS[section].STAGES:  # e.g. `engine serve --port`
+        base = [SECTIONS[section].STAGES[0], "--out", str(tmp_path / "o")]
     for argv, prefix in (
         ([*base, flag_of(name), str(value)], ""),
         ([*base, "--config", str(tmp_path / "bad.toml")], f"{tmp_path / 'bad.toml'}: "),

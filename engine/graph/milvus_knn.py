@@ -123,7 +123,7 @@ def build_knn_graph(
         sel = slice(start, stop) if contiguous else self_pos
         q = np.ascontiguousarray(vectors[sel], dtype=np.float32)
         hit_ids, raw = store.search(q, limit=limit, search_params=search_params)
-        cand = map_ids_to_positions(hit_ids, sorted_ids, order)
+        cand = map_ids_to_positions(hit_ids, sorted_ids, order, valid=np.isfinite(raw))
         if rerank:
             safe = np.where(cand >= 0, cand, 0)
             # Sorted unique gather keeps memmap reads sequential-ish.

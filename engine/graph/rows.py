@@ -17,12 +17,21 @@ def id_positions(ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return ids[order], order
 
 
-def map_ids_to_positions(hit_ids: np.ndarray, sorted_ids: np.ndarray, order: np.ndarray) -> np.ndarray:
-    """Milvus ids -> corpus positions (int64), -1 for ids not in the corpus or missing (-1) hits."""
+def map_ids_to_positions(
+    hit_ids: np.ndarray, sorted_ids: np.ndarray, order: np.ndarray, valid: np.ndarray | None = None
+) -> np.ndarray:
+    """Milvus ids -> corpus positions (int64), -1 for ids not in the corpus or missing hits.
+
+    Ids are any int64 (negative ones too: hashes, external keys), so a missing hit is told by
+    ``valid`` (e.g. ``np.isfinite(scores)``: :meth:`MilvusStore.search` leaves NaN there), never by
+    the id value. Positions, not ids, use -1 as "none".
+    """
     n = sorted_ids.shape[0]
     pos = np.searchsorted(sorted_ids, hit_ids)
     pos_c = np.minimum(pos, max(n - 1, 0))
-    found = (pos < n) & (sorted_ids[pos_c] == hit_ids) & (hit_ids >= 0) if n else np.zeros_like(hit_ids, bool)
+    found = (pos < n) & (sorted_ids[pos_c] == hit_ids) if n else np.zeros_like(hit_ids, bool)
+    if valid is not None:
+        found &= valid
     out = np.where(found, order[pos_c], -1)
     return out.astype(np.int64)
 

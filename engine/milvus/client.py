@@ -26,6 +26,28 @@ def is_lite_uri(uri: str) -> bool:
     return not uri.startswith(("http://", "https://", "tcp://", "grpc://", "unix:"))
 
 
+SERVER_SCHEMES = ("http", "https", "tcp", "grpc", "unix")
+
+
+def check_uri(uri: str) -> None:
+    """EngineError unless ``uri`` is a server URL, a Milvus Lite ``.db`` path or ``local-server``.
+
+    Checked with the options, before anything loads (a ``gopher://`` URI used to fail in Milvus Lite).
+    """
+    from engine.milvus.embedded import LOCAL_SERVER_URI
+
+    if uri == LOCAL_SERVER_URI or not is_lite_uri(uri):
+        return
+    if "://" in uri:
+        scheme = uri.split("://", 1)[0]
+        raise EngineError(
+            f"--milvus-uri {mask_uri(uri)!r}: unknown scheme {scheme!r} (use http(s)://host:19530, a Milvus "
+            f"Lite file ending in .db, or {LOCAL_SERVER_URI})"
+        )
+    if not uri.rstrip().endswith(".db"):
+        raise EngineError(f"--milvus-uri {uri!r}: a Milvus Lite file must end in .db")
+
+
 def mask_uri(uri: str) -> str:
     """Hide ``user:password@`` credentials embedded in a URI."""
     if "@" in uri and "://" in uri:

@@ -235,6 +235,13 @@ def stop_orphan(data_dir: Path, timeout: float = 30.0) -> int | None:
     if exe not in _pid_cmdline(pid):
         path.unlink(missing_ok=True)
         return None
+    owner = state.get("engine_pid")
+    if isinstance(owner, int) and owner != os.getpid() and _pid_alive(owner):
+        # Not an orphan: the engine that started it still runs (a run in progress). Never harm it.
+        raise EngineError(
+            f"a run is in progress in {Path(data_dir).parent}: its Milvus server (pid {pid}) belongs to "
+            f"pid {owner}; try again when it ends"
+        )
     log.warning("milvus: stopping a server (pid %d) left running by an earlier, interrupted command", pid)
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
@@ -248,6 +255,32 @@ def stop_orphan(data_dir: Path, timeout: float = 30.0) -> int | None:
             time.sleep(0.2)
     path.unlink(missing_ok=True)
     return pid
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def running_server_uri(data_dir: Path) -> str | None:
+    """URI of the server another engine runs on ``data_dir`` (recorded in :data:`STATE_FILE`), else None.
+
+    How a reader (``engine search``/``assign``/``serve``) uses a run's server while the run holds the
+    directory, instead of starting a second server on the same data (which kills the first).
+    """
+    try:
+        state = json.loads((Path(data_dir) / STATE_FILE).read_text())
+        pid, exe, port = int(state["pid"]), str(state["exe"]), int(state["port"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if exe not in _pid_cmdline(pid):
+        return None
+    return f"http://{state.get('host') or '127.0.0.1'}:{port}"
 
 
 def http_health(url: str, timeout: float = 2.0) -> bool:
@@ -457,7 +490,16 @@ class LocalMilvusServer:
             self.port_, self.health_port_, self.pid_ = port, health_port, self._proc.pid
             self._start_watchdog(str(exe))
             (base / STATE_FILE).write_text(
-                json.dumps({"pid": self.pid_, "port": port, "health_port": health_port, "exe": str(exe)})
+                json.dumps(
+                    {
+                        "pid": self.pid_,
+                        "port": port,
+                        "health_port": health_port,
+                        "exe": str(exe),
+                        "engine_pid": os.getpid(),
+                        "host": self.host,
+                    }
+                )
             )
             atexit.register(self.stop)
             log.info(
