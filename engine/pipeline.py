@@ -251,6 +251,7 @@ class Pipeline:
                 self.paths,
                 title=f"Document map: {source}",
                 warnings=[warning] if warning else [],
+                encoder=self._encoder,
             )
         self.labels_ = labels
         self.report_ = report

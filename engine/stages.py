@@ -433,10 +433,12 @@ def report(
     paths: RunPaths,
     title: str,
     warnings: list[str] | None = None,
+    encoder: Any = None,
 ) -> tuple[pd.DataFrame, Any]:
     """labels.parquet (with the corpus's own columns), clusters.json, report.html, map.html and map.png.
 
-    Returns (labels.parquet's frame, the report).
+    ``encoder``: a no-argument callable giving the run's model, called only when an option needs
+    to embed words (--keyword-rerank, --topics). Returns (labels.parquet's frame, the report).
     """
     from engine.corpus import with_source_columns
     from engine.report import build_layers_report, build_report
@@ -446,6 +448,7 @@ def report(
     output = with_source_columns(labels, corpus.frame, corpus.stats)
     output.to_parquet(paths.labels, index=False)
     layers = clusters.get("layers")
+    options = keyword_options(settings, vectors, encoder)
     if layers is not None:
         result = build_layers_report(
             labels,
@@ -455,6 +458,7 @@ def report(
             n_keywords=settings.n_keywords,
             n_representatives=settings.n_representatives,
             vectors=vectors,
+            **options,
         )
     else:
         result = build_report(
@@ -462,6 +466,7 @@ def report(
             n_keywords=settings.n_keywords,
             n_representatives=settings.n_representatives,
             vectors=vectors,
+            **options,
         )
     times = time_values(corpus, settings.time_column)
     result.over_time = None if times is None else _over_time(labels["cluster"].to_numpy(), times, settings)
@@ -476,6 +481,21 @@ def report(
     )
     result.write(paths.root)
     return output, result
+
+
+def keyword_options(settings: Any, vectors: np.ndarray, encoder: Any = None) -> dict[str, Any]:
+    """build_report's keyword options from the [report] section (the re-ranker loads the run's model)."""
+    options: dict[str, Any] = {"ngrams": settings.keyword_ngrams, "min_lift": settings.keyword_min_lift}
+    if settings.keyword_rerank:
+        if encoder is None:
+            raise EngineError("--keyword-rerank needs the run's model to embed candidate words")
+        from engine.keywords import embedding_reranker
+
+        model = encoder()
+        options["rerank"] = embedding_reranker(
+            lambda words: model.encode(words), vectors, settings.keyword_diversity
+        )
+    return options
 
 
 def _over_time(labels: np.ndarray, times: pd.Series, settings: Any) -> dict:

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from engine.errors import EngineError
-from engine.keywords import class_tfidf
+from engine.keywords import class_tfidf, name_from_terms
 from engine.report import build_layers_report, build_report
 
 SPORTS = [
@@ -117,7 +117,9 @@ def test_degenerate_inputs_do_not_raise(tmp_path, texts, labels):
 
 
 def test_chinese_keywords_are_words_not_whole_runs():
-    rep = build_report(make_frame(["北京今天天气很好", "上海股市大涨", "北京今天天气很好"], [0, 1, 0]))
+    rep = build_report(
+        make_frame(["北京今天天气很好", "上海股市大涨", "北京今天天气很好"], [0, 1, 0]), ngrams=1
+    )
     assert rep.keywords_by_cluster()[0] == ["今天天气", "北京"]  # jieba words (很 and 好 are single chars)
     assert rep.keywords_by_cluster()[1] == ["上海", "大涨", "股市"]
 
@@ -141,6 +143,7 @@ def test_write_json_and_escaped_html(tmp_path):
         "share",
         "mean_probability",
         "keywords",
+        "keyword_scores",
         "representatives",
     }
 
@@ -170,7 +173,8 @@ def test_layers_report_tree_json_and_html(tmp_path):
     assert sorted(top["clusters"][0]["children"]) == [0, 2]
     for layer in data["layers"]:
         for c in layer["clusters"]:
-            assert c["name"] == ", ".join(c["keywords"][:3]) and c["size"] > 0
+            assert c["name"] == name_from_terms(c["keywords"]) and c["size"] > 0
+            assert len(c["keyword_scores"]) == len(c["keywords"])
     assert {"match", "team", "football", "league"} & set(top["clusters"][0]["name"].split(", "))
     paths = rep.write(tmp_path)
     page = open(paths["html"], encoding="utf-8").read()

@@ -23,11 +23,22 @@ class ClusterReport:
     n_documents: int
     noise_size: int
     noise_keywords: list[str] = field(default_factory=list)
+    noise_keyword_scores: list[float] = field(default_factory=list)
     # Topic tree (cluster space "embedding"): one JSON-ready dict per layer, finest first; see build_layers_report.
     layers: list[dict[str, Any]] | None = None
     primary_layer: int | None = None
     warnings: list[str] = field(default_factory=list)
     over_time: dict | None = None  # engine.timeline.topics_over_time (--time-column)
+    custom_names: dict[int, str] = field(default_factory=dict)  # set_topic_labels / zero-shot topic names
+    charts: dict[str, Any] | None = None  # engine.show.charts.report_charts, drawn into report.html
+
+    def name_of(self, cluster: int, keywords: Any) -> str:
+        """The cluster's custom name when one was set, else its top distinct keywords."""
+        return self.custom_names.get(int(cluster)) or cluster_name(keywords)
+
+    def names(self) -> dict[int, str]:
+        """{cluster: name} of the primary layer."""
+        return {int(r.cluster): self.name_of(r.cluster, r.keywords) for r in self.clusters.itertuples()}
 
     @property
     def n_clusters(self) -> int:
@@ -48,11 +59,12 @@ class ClusterReport:
             clusters.append(
                 {
                     "cluster": int(r.cluster),
-                    "name": cluster_name(r.keywords),
+                    "name": self.name_of(r.cluster, r.keywords),
                     "size": int(r.size),
                     "share": float(r.share),
                     "mean_probability": float(r.mean_probability),
                     "keywords": [str(k) for k in r.keywords],
+                    "keyword_scores": [float(v) for v in r.keyword_scores],
                     **(
                         {"over_time": self.over_time["clusters"].get(str(int(r.cluster)), [])}
                         if self.over_time
@@ -75,6 +87,7 @@ class ClusterReport:
                 "size": int(self.noise_size),
                 "share": float(self.noise_share),
                 "keywords": list(self.noise_keywords),
+                "keyword_scores": list(self.noise_keyword_scores),
             },
             "clusters": clusters,
             "warnings": list(self.warnings),
@@ -100,8 +113,10 @@ class ClusterReport:
 
 
 def cluster_name(keywords: Any, n: int = 3) -> str:
-    """A short cluster name: its top ``n`` keywords joined by ", " ("" when it has none)."""
-    return ", ".join(str(k) for k in list(keywords)[:n])
+    """A short cluster name: its top ``n`` distinct keywords joined by ", " ("" when it has none)."""
+    from engine.keywords import name_from_terms
+
+    return name_from_terms(list(keywords), n)
 
 
 def to_python(value: Any) -> Any:
@@ -167,7 +182,7 @@ def render_html(report: ClusterReport, title: str = "Cluster report", map_href: 
     if over_time:
         from engine.timeline import chart_svg
 
-        names = {int(r.cluster): ", ".join(list(r.keywords)[:3]) for r in report.clusters.itertuples()}
+        names = report.names()
         outside = {"before": "dated before the range", "after": "dated after it", "missing": "without a date"}
         extra = ", ".join(f"{over_time[k]} {v}" for k, v in outside.items() if over_time[k])
         parts.append(
@@ -180,7 +195,11 @@ def render_html(report: ClusterReport, title: str = "Cluster report", map_href: 
         "<th>Keywords</th><th>Representative documents</th></tr></thead><tbody>"
     )
     for r in report.clusters.itertuples():
-        kws = "".join(f"<span>{_esc(k)}</span>" for k in r.keywords) or "<em>none</em>"
+        kws = "".join(
+            f'<span>{_esc(k)} <small class="p">{v:.3f}</small></span>'
+            for k, v in zip(r.keywords, r.keyword_scores, strict=False)
+        )
+        kws = f"<b>{_esc(report.name_of(r.cluster, r.keywords))}</b><br>{kws or '<em>none</em>'}"
         reps = "".join(
             f'<li>{_doc_html(d["text"])} <span class="p">(id {_esc(d["id"])}, p={d["probability"]:.2f})</span></li>'
             for d in r.representatives
