@@ -176,6 +176,8 @@ class Pipeline:
             stages.check_k(cfg.graph.k, n)
         stages.check_index(cfg.store, self.resolved_milvus_uri(), n)
         stages.time_values(self.corpus, cfg.report.time_column)  # a bad --time-column fails before the model
+        if cfg.report.class_column:
+            stages.source_column(self.corpus, cfg.report.class_column, "--class-column")
 
     def embed(self):
         """Embed every document into ``embeddings.npy`` and Milvus, resuming what is already stored."""

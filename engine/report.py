@@ -25,6 +25,8 @@ from engine.show.report import ClusterReport, to_python
 __all__ = ["build_layers_report", "build_report", "representatives"]
 
 REQUIRED_COLUMNS = ("id", "text", "cluster", "probability", "outlier_score")
+#: Largest clusters whose centroid similarity is kept (report.html's heatmap and dendrogram).
+MAX_SIMILARITY_TOPICS = 40
 
 
 # --------------------------------------------------------------------------------------------------
@@ -148,7 +150,11 @@ def build_report(
     ]
     clusters = pd.DataFrame(rows, columns=columns)
     noise = top_terms_scored(scores, vocab, len(classes) - 1, n_keywords) if noise_mask.any() else []
+    similarity = None
+    if vectors is not None and len(order) >= 2:
+        similarity = topic_similarity(labels, vectors, [c for c, _ in order[:MAX_SIMILARITY_TOPICS]])
     return ClusterReport(
+        similarity=similarity,
         clusters=clusters,
         n_documents=n,
         noise_size=int(noise_mask.sum()),
@@ -224,3 +230,47 @@ def build_layers_report(
     main.layers = layer_dicts
     main.primary_layer = int(primary)
     return main
+
+
+# --------------------------------------------------------------------------------------------------
+# Topic relations (the similarity heatmap and the hierarchy dendrogram of report.html)
+# --------------------------------------------------------------------------------------------------
+def topic_centroids(labels: np.ndarray, vectors: np.ndarray, clusters: list[int]) -> np.ndarray:
+    """Unit-length mean embedding of each listed cluster's documents, (len(clusters), dim)."""
+    labels = np.asarray(labels)
+    out = np.zeros((len(clusters), vectors.shape[1]), dtype=np.float32)
+    for i, c in enumerate(clusters):
+        rows = np.flatnonzero(labels == c)
+        if len(rows):
+            m = np.asarray(vectors[rows], dtype=np.float32).mean(axis=0)
+            out[i] = m / max(float(np.linalg.norm(m)), 1e-12)
+    return out
+
+
+def topic_similarity(labels: np.ndarray, vectors: np.ndarray, clusters: list[int]) -> dict[str, Any]:
+    """Cosine similarity of the listed clusters' centroids: ``{"clusters": [...], "matrix": [[...]]}``."""
+    cent = topic_centroids(labels, vectors, clusters)
+    return {"clusters": [int(c) for c in clusters], "matrix": np.round(cent @ cent.T, 4).tolist()}
+
+
+def topics_per_class(labels: np.ndarray, classes: pd.Series, column: str, max_classes: int = 30) -> dict:
+    """Documents per (cluster, class) -> ``{"column", "classes", "clusters": {id: counts}, "noise": counts}``.
+
+    Classes are ordered by size; past ``max_classes`` the smaller ones count as "other".
+    """
+    values = classes.astype("string").fillna("(missing)").to_numpy(dtype=object)
+    names, counts = np.unique(values, return_counts=True)
+    order = [str(names[i]) for i in np.lexsort((names, -counts))]
+    if len(order) > max_classes:
+        kept = set(order[: max_classes - 1])
+        values = np.array([v if v in kept else "other" for v in values], dtype=object)
+        order = order[: max_classes - 1] + ["other"]
+    index = {c: i for i, c in enumerate(order)}
+    codes = np.fromiter((index[v] for v in values), dtype=np.int64, count=len(values))
+    labels = np.asarray(labels, dtype=np.int64)
+    per = {
+        str(int(c)): np.bincount(codes[labels == c], minlength=len(order)).astype(int).tolist()
+        for c in np.unique(labels[labels >= 0])
+    }
+    noise = np.bincount(codes[labels < 0], minlength=len(order)).astype(int).tolist()
+    return {"column": column, "classes": order, "clusters": per, "noise": noise}

@@ -96,6 +96,16 @@ def check_k(k: int, n_documents: int) -> None:
         )
 
 
+def source_column(corpus: CorpusData, column: str, option: str) -> pd.Series:
+    """A column of the corpus file by its name; EngineError naming the option when absent."""
+    from engine.corpus import source_columns
+
+    stored = {v: k for k, v in source_columns(corpus.frame, corpus.stats).items()}
+    if column not in stored:
+        raise EngineError(f"{option} {column!r} is not a column of the corpus (columns: {', '.join(stored)})")
+    return corpus.frame[stored[column]]
+
+
 def time_values(corpus: CorpusData, column: str | None) -> pd.Series | None:
     """--time-column parsed to timestamps; EngineError naming the column when absent or not dates."""
     from engine.corpus import source_columns
@@ -470,6 +480,14 @@ def report(
         )
     times = time_values(corpus, settings.time_column)
     result.over_time = None if times is None else _over_time(labels["cluster"].to_numpy(), times, settings)
+    if settings.class_column:
+        from engine.report import topics_per_class
+
+        result.per_class = topics_per_class(
+            labels["cluster"].to_numpy(),
+            source_column(corpus, settings.class_column, "--class-column"),
+            settings.class_column,
+        )
     result.warnings = list(warnings or [])
     write_map(  # first: report.html links to the map only when map.html exists
         labels,

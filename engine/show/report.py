@@ -30,7 +30,8 @@ class ClusterReport:
     warnings: list[str] = field(default_factory=list)
     over_time: dict | None = None  # engine.timeline.topics_over_time (--time-column)
     custom_names: dict[int, str] = field(default_factory=dict)  # set_topic_labels / zero-shot topic names
-    charts: dict[str, Any] | None = None  # engine.show.charts.report_charts, drawn into report.html
+    similarity: dict[str, Any] | None = None  # engine.report.topic_similarity of the largest clusters
+    per_class: dict[str, Any] | None = None  # engine.report.topics_per_class (--class-column)
 
     def name_of(self, cluster: int, keywords: Any) -> str:
         """The cluster's custom name when one was set, else its top distinct keywords."""
@@ -92,6 +93,8 @@ class ClusterReport:
             "clusters": clusters,
             "warnings": list(self.warnings),
             **({"over_time": self.over_time} if self.over_time else {}),
+            **({"per_class": self.per_class} if self.per_class else {}),
+            **({"similarity": self.similarity} if self.similarity else {}),
         }
         if self.layers is not None:
             out["primary_layer"] = self.primary_layer
@@ -158,11 +161,20 @@ def _doc_html(text: str) -> str:
 
 
 def render_html(report: ClusterReport, title: str = "Cluster report", map_href: str | None = None) -> str:
-    """A readable, self-contained HTML page (inline CSS, no scripts); every text is HTML-escaped."""
+    """A readable, self-contained HTML page; every text is HTML-escaped.
+
+    The charts (engine.show.charts) are plotly figures; plotly.js is inlined once, so the page opens
+    offline like map.html. A report with no chart (no clusters) has no script at all.
+    """
+    from engine.show.charts import charts_html
+
+    charts = charts_html(report) if report.n_clusters else ""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>",
+        f"<title>{_esc(title)}</title><style>{_CSS}</style>",
+        _plotly_js() if charts else "",
+        "</head><body>",
         f"<h1>{_esc(title)}</h1>",
         f'<div class="summary">{report.n_documents} documents &middot; {report.n_clusters} clusters &middot; '
         f"noise {report.noise_size} ({report.noise_share:.1%})",
@@ -172,6 +184,8 @@ def render_html(report: ClusterReport, title: str = "Cluster report", map_href: 
     parts.append("</div>")
     for warning in report.warnings:
         parts.append(f'<p class="warn"><b>Warning:</b> {_esc(warning)}</p>')
+    if charts:
+        parts.append(charts)
     if report.layers:
         parts.append(render_tree_html(report.layers))
         parts.append(f"<h2>Primary layer {report.primary_layer}: clusters</h2>")
@@ -217,6 +231,12 @@ def render_html(report: ClusterReport, title: str = "Cluster report", map_href: 
         parts.append('<tr><td colspan="6"><em>No clusters found: every document is noise.</em></td></tr>')
     parts.append("</tbody></table></body></html>")
     return "\n".join(parts)
+
+
+def _plotly_js() -> str:
+    from plotly.offline import get_plotlyjs
+
+    return f'<script type="text/javascript">{get_plotlyjs()}</script>'
 
 
 def render_tree_html(layers: list[dict[str, Any]], max_docs: int = 3) -> str:
