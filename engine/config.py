@@ -124,6 +124,11 @@ class EmbedSettings(Section):
     model: str = opt(
         "BAAI/bge-m3", "BAAI/bge-m3 (default), a local directory, or a sentence-transformers model id"
     )
+    embeddings: str | None = opt(
+        None,
+        "precomputed document vectors (.npy, one row per document in corpus order, float, finite) used instead "
+        "of embedding; --model must be the model that made them (it embeds queries and new documents)",
+    )
     device: str = opt("auto", "auto (default), cpu, cuda, cuda:1 ...")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = opt("auto", "model precision (default auto)")
     batch_size: OptInt = opt(None, "documents per batch (default: by token budget)", ge=1, le=65536)

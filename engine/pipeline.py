@@ -277,8 +277,15 @@ class Pipeline:
         from engine.ingest import read_meta
 
         encoder = stages.load_encoder(self.config.embed)
-        stored = read_meta(self.paths.embeddings).get("model")
-        if stored not in (None, encoder.name):
+        meta = read_meta(self.paths.embeddings)
+        stored = meta.get("model")
+        if stored and str(stored).startswith(stages.PRECOMPUTED):  # given vectors: the model must match them
+            if meta.get("dim") not in (None, encoder.dim):
+                raise EngineError(
+                    f"the run's given vectors are {meta['dim']}-d but {encoder.name!r} makes {encoder.dim}-d "
+                    "ones (option model)"
+                )
+        elif stored not in (None, encoder.name):
             raise EngineError(f"the run was embedded with {stored!r}, not {encoder.name!r} (option model)")
         return encoder
 
