@@ -178,6 +178,10 @@ class Pipeline:
         stages.time_values(self.corpus, cfg.report.time_column)  # a bad --time-column fails before the model
         if cfg.report.class_column:
             stages.source_column(self.corpus, cfg.report.class_column, "--class-column")
+        if cfg.report.topics:
+            from engine.zeroshot import parse_topics
+
+            parse_topics(cfg.report.topics)
 
     def embed(self):
         """Embed every document into ``embeddings.npy`` and Milvus, resuming what is already stored."""

@@ -504,6 +504,9 @@ def report(
 
     edits = load_topic_edits(paths)
     clusters = apply_merges(clusters, edits["merges"])
+    named: dict[int, str] = {}
+    if settings.topics:
+        clusters, named = _zero_shot(clusters, vectors, settings, encoder)
     labels = label_frame(corpus, clusters, coords)
     output = with_source_columns(labels, corpus.frame, corpus.stats)
     output.to_parquet(paths.labels, index=False)
@@ -539,7 +542,7 @@ def report(
             settings.class_column,
         )
     result.warnings = list(warnings or [])
-    set_names(result, edits["names"])
+    set_names(result, {**named, **edits["names"]})  # a name the user set wins over a zero-shot one
     write_map(  # first: report.html links to the map only when map.html exists
         labels,
         paths.map_html,
@@ -619,6 +622,29 @@ def set_names(report: Any, names: dict[int, str]) -> None:
             for c in layer["clusters"]:
                 if int(c["cluster"]) in report.custom_names:
                     c["name"] = report.custom_names[int(c["cluster"])]
+
+
+def _zero_shot(
+    clusters: dict[str, np.ndarray], vectors: np.ndarray, settings: Any, encoder: Any
+) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+    """--topics: clusters close to a named topic take its name (merged per name); see engine.zeroshot."""
+    from engine.zeroshot import parse_topics, zero_shot_edits
+
+    names = parse_topics(settings.topics)
+    if encoder is None:
+        raise EngineError("--topics needs the run's model to embed the topic names")
+    groups, named, rows = zero_shot_edits(
+        clusters["labels"], vectors, names, encoder().encode(names), settings.topic_threshold
+    )
+    matched = sum(r["topic"] is not None for r in rows)
+    log.info(
+        "report: zero-shot topics: %d of %d clusters took one of %d names (threshold %.2f)",
+        matched,
+        len(rows),
+        len(names),
+        settings.topic_threshold,
+    )
+    return apply_merges(clusters, merge_map(groups)), named
 
 
 def keyword_options(settings: Any, vectors: np.ndarray, encoder: Any = None) -> dict[str, Any]:
