@@ -124,6 +124,11 @@ class EmbedSettings(Section):
     model: str = opt(
         "BAAI/bge-m3", "BAAI/bge-m3 (default), a local directory, or a sentence-transformers model id"
     )
+    embeddings: str | None = opt(
+        None,
+        "precomputed document vectors (.npy, one row per document in corpus order, float, finite) used instead "
+        "of embedding; --model must be the model that made them (it embeds queries and new documents)",
+    )
     device: str = opt("auto", "auto (default), cpu, cuda, cuda:1 ...")
     precision: Literal["auto", "fp32", "bf16", "fp16"] = opt("auto", "model precision (default auto)")
     batch_size: OptInt = opt(None, "documents per batch (default: by token budget)", ge=1, le=65536)
@@ -286,6 +291,42 @@ class ReportSettings(Section):
     n_representatives: Int = opt(5, "representative documents per cluster (default 5)", ge=0, le=1000)
     time_column: str | None = opt(
         None, "column of dates: per-cluster counts per day/week/month (by span) and a topics-over-time chart"
+    )
+    keyword_ngrams: Int = opt(
+        2,
+        "2 (default): two-word phrases compete with single words on c-TF-IDF score; 1: words only",
+        ge=1,
+        le=2,
+    )
+    keyword_min_lift: Float = opt(
+        1.5,
+        "filler rule: a keyword must be used this many times as often in its cluster as in the rest of the corpus "
+        "(default 1.5; 0 = off)",
+        ge=0,
+        le=100,
+    )
+    keyword_rerank: bool = opt(
+        False,
+        "re-rank each cluster's c-TF-IDF candidates by closeness of the word's embedding (the run's model) to the "
+        "cluster centroid, KeyBERT-like (default off: loads the model in the report stage)",
+    )
+    keyword_diversity: Float = opt(
+        0.0,
+        "MMR diversity of the re-ranked keywords, 0 (default, off) to 1; needs --keyword-rerank",
+        ge=0,
+        le=1,
+    )
+    class_column: str | None = opt(None, "column of classes (a source, a section): a topics-per-class chart")
+    topics: str | None = opt(
+        None,
+        "zero-shot topics: comma-separated names or a file with one per line; clusters whose centroid is close to "
+        "a topic's embedding take its name (see --topic-threshold)",
+    )
+    topic_threshold: Float = opt(
+        0.3,
+        "cosine similarity a cluster centroid needs to a named topic to take its name (default 0.3)",
+        ge=-1,
+        le=1,
     )
 
 

@@ -363,6 +363,7 @@ def ingest(
     flush_every: int | None = None,
     queue_size: int = 2,
     fingerprint_key: str | None = None,
+    precomputed: np.ndarray | None = None,
 ) -> IngestResult:
     """Embed ``frame`` (columns ``id``, ``text``) into ``vectors_path`` and Milvus; resume what is stored.
 
@@ -371,6 +372,8 @@ def ingest(
     the file (the file was deleted), it is re-embedded into the file but not inserted again.
     ``flush_every`` rows (None: 100,000 on Milvus Lite; only at the end on a server, where each flush
     seals a segment and each sealed segment is one more index that every graph query searches).
+    ``precomputed`` (n, dim): the documents' vectors given by the caller (unit rows, frame order);
+    the encoder then only names the model, nothing is embedded.
     """
     from tqdm.auto import tqdm
 
@@ -427,7 +430,15 @@ def ingest(
         bar = tqdm(total=len(todo), desc="embed+ingest", unit="doc", disable=not progress)
         try:
             todo_texts = [texts[i] for i in todo]
-            for start, vec in encoder.iter_encode(todo_texts, window=insert_batch):
+            chunks = (
+                encoder.iter_encode(todo_texts, window=insert_batch)
+                if precomputed is None
+                else (
+                    (start, np.asarray(precomputed[todo[start : start + insert_batch]], dtype=np.float32))
+                    for start in range(0, len(todo), insert_batch)
+                )
+            )
+            for start, vec in chunks:
                 if writer.error is not None:
                     raise writer.error
                 pos = todo[start : start + len(vec)]

@@ -182,6 +182,12 @@ class Pipeline:
             stages.check_k(cfg.graph.k, n)
         stages.check_index(cfg.store, self.resolved_milvus_uri(), n)
         stages.time_values(self.corpus, cfg.report.time_column)  # a bad --time-column fails before the model
+        if cfg.report.class_column:
+            stages.source_column(self.corpus, cfg.report.class_column, "--class-column")
+        if cfg.report.topics:
+            from engine.zeroshot import parse_topics
+
+            parse_topics(cfg.report.topics)
 
     def embed(self):
         """Embed every document into ``embeddings.npy`` and Milvus, resuming what is already stored."""
@@ -257,6 +263,7 @@ class Pipeline:
                 self.paths,
                 title=f"Document map: {source}",
                 warnings=[warning] if warning else [],
+                encoder=self._encoder,
             )
         self.labels_ = labels
         self.report_ = report
@@ -294,8 +301,15 @@ class Pipeline:
             return self._encoder_cache
         t = time.perf_counter()
         encoder = stages.load_encoder(self.config.embed)
-        stored = read_meta(self.paths.embeddings).get("model")
-        if stored not in (None, encoder.name):
+        meta = read_meta(self.paths.embeddings)
+        stored = meta.get("model")
+        if stored and str(stored).startswith(stages.PRECOMPUTED):  # given vectors: the model must match them
+            if meta.get("dim") not in (None, encoder.dim):
+                raise EngineError(
+                    f"the run's given vectors are {meta['dim']}-d but {encoder.name!r} makes {encoder.dim}-d "
+                    "ones (option model)"
+                )
+        elif stored not in (None, encoder.name):
             raise EngineError(f"the run was embedded with {stored!r}, not {encoder.name!r} (option model)")
         self.timings_["model load"] = time.perf_counter() - t
         self._encoder_cache = encoder

@@ -19,12 +19,14 @@ import numpy as np
 import pandas as pd
 
 from engine.errors import EngineError
-from engine.keywords import class_tfidf, top_terms
+from engine.keywords import class_tfidf, top_terms_scored
 from engine.show.report import ClusterReport, to_python
 
 __all__ = ["build_layers_report", "build_report", "representatives"]
 
 REQUIRED_COLUMNS = ("id", "text", "cluster", "probability", "outlier_score")
+#: Largest clusters whose centroid similarity is kept (report.html's heatmap and dendrogram).
+MAX_SIMILARITY_TOPICS = 40
 
 
 # --------------------------------------------------------------------------------------------------
@@ -80,11 +82,16 @@ def build_report(
     n_representatives: int = 5,
     vectors: np.ndarray | None = None,
     max_features: int | None = 200_000,
+    ngrams: int = 2,
+    min_lift: float = 1.5,
+    rerank: Any = None,
 ) -> ClusterReport:
     """Summarise clusters of ``frame`` (id, text, cluster, probability, outlier_score; x, y optional).
 
     ``vectors`` (N, dim) in frame order, optional: used to break representative ties by closeness to
-    the cluster centroid. Never raises on degenerate input (no clusters, one document, texts with no
+    the cluster centroid. ``ngrams`` / ``min_lift``: phrases and the filler rule (engine.keywords).
+    ``rerank``: optional ``(terms, scores, member_positions) -> [(term, score)]`` applied to each
+    cluster's candidates (engine.keywords.embedding_reranker). Never raises on degenerate input (no clusters, one document, texts with no
     usable words): keywords are then empty lists.
     """
     _check_frame(frame)
@@ -104,7 +111,9 @@ def build_report(
 
     # One concatenated document per class, built from sorted positions (memory ~ corpus text once).
     by_class = pd.Series(texts).groupby(np.where(noise_mask, -1, labels)).agg(" ".join)
-    scores, vocab = class_tfidf([by_class.get(c, "") for c in classes], max_features=max_features)
+    scores, vocab = class_tfidf(
+        [by_class.get(c, "") for c in classes], max_features=max_features, ngrams=ngrams, min_lift=min_lift
+    )
 
     rows = []
     pos_sorted = np.argsort(labels, kind="stable")
@@ -114,23 +123,43 @@ def build_report(
     for row, ((c, size), lo, hi) in enumerate(zip(order, starts, ends, strict=True)):
         members = pos_sorted[lo:hi]
         reps = representatives(members, prob, outlier, texts, n_representatives, vectors)
+        scored = top_terms_scored(scores, vocab, row, n_keywords if rerank is None else 3 * n_keywords)
+        if rerank is not None and scored:
+            scored = rerank([t for t, _ in scored], np.array([v for _, v in scored]), members)[:n_keywords]
         rows.append(
             {
                 "cluster": int(c),
                 "size": int(size),
                 "share": size / n,
                 "mean_probability": float(np.nanmean(prob[members])) if size else 0.0,
-                "keywords": top_terms(scores, vocab, row, n_keywords),
+                "keywords": [t for t, _ in scored],
+                "keyword_scores": [round(float(v), 6) for _, v in scored],
                 "representatives": [
                     {"id": to_python(ids[p]), "text": texts[p], "probability": float(prob[p])} for p in reps
                 ],
             }
         )
-    columns = ["cluster", "size", "share", "mean_probability", "keywords", "representatives"]
+    columns = [
+        "cluster",
+        "size",
+        "share",
+        "mean_probability",
+        "keywords",
+        "keyword_scores",
+        "representatives",
+    ]
     clusters = pd.DataFrame(rows, columns=columns)
-    noise_kw = top_terms(scores, vocab, len(classes) - 1, n_keywords) if noise_mask.any() else []
+    noise = top_terms_scored(scores, vocab, len(classes) - 1, n_keywords) if noise_mask.any() else []
+    similarity = None
+    if vectors is not None and len(order) >= 2:
+        similarity = topic_similarity(labels, vectors, [c for c, _ in order[:MAX_SIMILARITY_TOPICS]])
     return ClusterReport(
-        clusters=clusters, n_documents=n, noise_size=int(noise_mask.sum()), noise_keywords=noise_kw
+        similarity=similarity,
+        clusters=clusters,
+        n_documents=n,
+        noise_size=int(noise_mask.sum()),
+        noise_keywords=[t for t, _ in noise],
+        noise_keyword_scores=[round(float(v), 6) for _, v in noise],
     )
 
 
@@ -143,6 +172,7 @@ def build_layers_report(
     n_representatives: int = 5,
     vectors: np.ndarray | None = None,
     max_features: int | None = 200_000,
+    **keyword_options: Any,
 ) -> ClusterReport:
     """The primary layer's report plus every layer's clusters with parents, children, keywords and names.
 
@@ -164,7 +194,14 @@ def build_layers_report(
         if strengths is not None and i != primary:
             sub["probability"] = np.asarray(strengths[i], dtype=np.float32)
         reports.append(
-            build_report(sub, n_keywords, n_representatives, vectors=vectors, max_features=max_features)
+            build_report(
+                sub,
+                n_keywords,
+                n_representatives,
+                vectors=vectors,
+                max_features=max_features,
+                **keyword_options,
+            )
         )
     parents = [parent_links(layers[i], layers[i + 1]) for i in range(layers.shape[0] - 1)]
     parents.append(np.full(int(layers[-1].max()) + 1, -1, dtype=np.int64))
@@ -193,3 +230,47 @@ def build_layers_report(
     main.layers = layer_dicts
     main.primary_layer = int(primary)
     return main
+
+
+# --------------------------------------------------------------------------------------------------
+# Topic relations (the similarity heatmap and the hierarchy dendrogram of report.html)
+# --------------------------------------------------------------------------------------------------
+def topic_centroids(labels: np.ndarray, vectors: np.ndarray, clusters: list[int]) -> np.ndarray:
+    """Unit-length mean embedding of each listed cluster's documents, (len(clusters), dim)."""
+    labels = np.asarray(labels)
+    out = np.zeros((len(clusters), vectors.shape[1]), dtype=np.float32)
+    for i, c in enumerate(clusters):
+        rows = np.flatnonzero(labels == c)
+        if len(rows):
+            m = np.asarray(vectors[rows], dtype=np.float32).mean(axis=0)
+            out[i] = m / max(float(np.linalg.norm(m)), 1e-12)
+    return out
+
+
+def topic_similarity(labels: np.ndarray, vectors: np.ndarray, clusters: list[int]) -> dict[str, Any]:
+    """Cosine similarity of the listed clusters' centroids: ``{"clusters": [...], "matrix": [[...]]}``."""
+    cent = topic_centroids(labels, vectors, clusters)
+    return {"clusters": [int(c) for c in clusters], "matrix": np.round(cent @ cent.T, 4).tolist()}
+
+
+def topics_per_class(labels: np.ndarray, classes: pd.Series, column: str, max_classes: int = 30) -> dict:
+    """Documents per (cluster, class) -> ``{"column", "classes", "clusters": {id: counts}, "noise": counts}``.
+
+    Classes are ordered by size; past ``max_classes`` the smaller ones count as "other".
+    """
+    values = classes.astype("string").fillna("(missing)").to_numpy(dtype=object)
+    names, counts = np.unique(values, return_counts=True)
+    order = [str(names[i]) for i in np.lexsort((names, -counts))]
+    if len(order) > max_classes:
+        kept = set(order[: max_classes - 1])
+        values = np.array([v if v in kept else "other" for v in values], dtype=object)
+        order = order[: max_classes - 1] + ["other"]
+    index = {c: i for i, c in enumerate(order)}
+    codes = np.fromiter((index[v] for v in values), dtype=np.int64, count=len(values))
+    labels = np.asarray(labels, dtype=np.int64)
+    per = {
+        str(int(c)): np.bincount(codes[labels == c], minlength=len(order)).astype(int).tolist()
+        for c in np.unique(labels[labels >= 0])
+    }
+    noise = np.bincount(codes[labels < 0], minlength=len(order)).astype(int).tolist()
+    return {"column": column, "classes": order, "clusters": per, "noise": noise}

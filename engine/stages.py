@@ -16,6 +16,7 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -96,6 +97,16 @@ def check_k(k: int, n_documents: int) -> None:
         )
 
 
+def source_column(corpus: CorpusData, column: str, option: str) -> pd.Series:
+    """A column of the corpus file by its name; EngineError naming the option when absent."""
+    from engine.corpus import source_columns
+
+    stored = {v: k for k, v in source_columns(corpus.frame, corpus.stats).items()}
+    if column not in stored:
+        raise EngineError(f"{option} {column!r} is not a column of the corpus (columns: {', '.join(stored)})")
+    return corpus.frame[stored[column]]
+
+
 def time_values(corpus: CorpusData, column: str | None) -> pd.Series | None:
     """--time-column parsed to timestamps; EngineError naming the column when absent or not dates."""
     from engine.corpus import source_columns
@@ -169,6 +180,45 @@ def load_encoder(settings: Any) -> Any:
     )
 
 
+#: Model name prefix of a run whose vectors were given (--embeddings): "precomputed:FILE:MODEL".
+PRECOMPUTED = "precomputed:"
+
+
+@dataclass
+class PrecomputedVectors:
+    """Stands in for the encoder when the vectors were given: names them, embeds nothing."""
+
+    name: str
+    dim: int
+    device: str = "given"
+
+
+def load_precomputed(path: str, n_documents: int) -> np.ndarray:
+    """--embeddings FILE as float32 unit rows; one EngineError line for a wrong shape, dtype or value."""
+    flag = f"--embeddings {path}"
+    try:
+        vectors = np.load(path, mmap_mode="r", allow_pickle=False)
+    except FileNotFoundError:
+        raise EngineError(f"{flag}: no such file") from None
+    except (OSError, ValueError) as exc:
+        raise EngineError(f"{flag}: not a .npy array ({exc})") from None
+    if vectors.ndim != 2 or vectors.shape[0] != n_documents or vectors.shape[1] < 2:
+        raise EngineError(
+            f"{flag}: shape {tuple(vectors.shape)}, expected ({n_documents}, dim): one row per document, in "
+            "corpus order"
+        )
+    if not np.issubdtype(vectors.dtype, np.floating):
+        raise EngineError(f"{flag}: dtype {vectors.dtype}, expected float32 or float64")
+    out = np.asarray(vectors, dtype=np.float32)
+    finite = np.isfinite(out).all(axis=1)
+    if not finite.all():
+        raise EngineError(f"{flag}: row {int(np.flatnonzero(~finite)[0])} has a NaN or infinite value")
+    norms = np.linalg.norm(out, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise EngineError(f"{flag}: row {int(np.flatnonzero(norms.ravel() == 0)[0])} is all zeros")
+    return out / norms
+
+
 def embed_corpus(
     frame: pd.DataFrame, settings: Any, open_store: Any, paths: RunPaths, progress: bool = True
 ) -> EmbedResult:
@@ -178,7 +228,14 @@ def embed_corpus(
     """
     from engine.ingest import check_model, ingest
 
-    encoder = load_encoder(settings)
+    precomputed = None
+    if settings.embeddings:
+        precomputed = load_precomputed(settings.embeddings, len(frame))
+        encoder: Any = PrecomputedVectors(
+            f"{PRECOMPUTED}{Path(settings.embeddings).name}:{settings.model}", precomputed.shape[1]
+        )
+    else:
+        encoder = load_encoder(settings)
     check_model(paths.embeddings, encoder.name, restart=settings.restart)
     with open_store(encoder.dim) as store:
         result = ingest(
@@ -189,6 +246,7 @@ def embed_corpus(
             restart=settings.restart,
             progress=progress,
             fingerprint_key=f"{encoder.name}|{encoder.dim}|max_length={settings.max_length}",
+            precomputed=precomputed,
         )
     return EmbedResult(result, encoder.name, f"{encoder.name} ({encoder.dim}-d, {encoder.device})")
 
@@ -433,19 +491,27 @@ def report(
     paths: RunPaths,
     title: str,
     warnings: list[str] | None = None,
+    encoder: Any = None,
 ) -> tuple[pd.DataFrame, Any]:
     """labels.parquet (with the corpus's own columns), clusters.json, report.html, map.html and map.png.
 
-    Returns (labels.parquet's frame, the report).
+    ``encoder``: a no-argument callable giving the run's model, called only when an option needs
+    to embed words (--keyword-rerank, --topics). Returns (labels.parquet's frame, the report).
     """
     from engine.corpus import with_source_columns
     from engine.report import build_layers_report, build_report
     from engine.show.map import write_map
 
+    edits = load_topic_edits(paths)
+    clusters = apply_merges(clusters, edits["merges"])
+    named: dict[int, str] = {}
+    if settings.topics:
+        clusters, named = _zero_shot(clusters, vectors, settings, encoder)
     labels = label_frame(corpus, clusters, coords)
     output = with_source_columns(labels, corpus.frame, corpus.stats)
     output.to_parquet(paths.labels, index=False)
     layers = clusters.get("layers")
+    options = keyword_options(settings, vectors, encoder)
     if layers is not None:
         result = build_layers_report(
             labels,
@@ -455,6 +521,7 @@ def report(
             n_keywords=settings.n_keywords,
             n_representatives=settings.n_representatives,
             vectors=vectors,
+            **options,
         )
     else:
         result = build_report(
@@ -462,10 +529,20 @@ def report(
             n_keywords=settings.n_keywords,
             n_representatives=settings.n_representatives,
             vectors=vectors,
+            **options,
         )
     times = time_values(corpus, settings.time_column)
     result.over_time = None if times is None else _over_time(labels["cluster"].to_numpy(), times, settings)
+    if settings.class_column:
+        from engine.report import topics_per_class
+
+        result.per_class = topics_per_class(
+            labels["cluster"].to_numpy(),
+            source_column(corpus, settings.class_column, "--class-column"),
+            settings.class_column,
+        )
     result.warnings = list(warnings or [])
+    set_names(result, {**named, **edits["names"]})  # a name the user set wins over a zero-shot one
     write_map(  # first: report.html links to the map only when map.html exists
         labels,
         paths.map_html,
@@ -476,6 +553,113 @@ def report(
     )
     result.write(paths.root)
     return output, result
+
+
+#: The run's topic edits (merges, custom names): applied by every report, so `engine report` keeps them.
+TOPIC_EDITS = "topics.json"
+
+
+def load_topic_edits(paths: RunPaths) -> dict[str, dict[int, Any]]:
+    """``{"merges": {old: new}, "names": {cluster: name}}`` from the run's topics.json (empty when absent)."""
+    path = paths.root / TOPIC_EDITS
+    data = json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    return {
+        "merges": {int(k): int(v) for k, v in data.get("merges", {}).items()},
+        "names": {int(k): str(v) for k, v in data.get("names", {}).items()},
+    }
+
+
+def save_topic_edits(paths: RunPaths, edits: dict[str, dict[int, Any]]) -> None:
+    data = {key: {str(k): v for k, v in sorted(edits.get(key, {}).items())} for key in ("merges", "names")}
+    (paths.root / TOPIC_EDITS).write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
+
+
+def merge_map(groups: list[list[int]], merges: dict[int, int] | None = None) -> dict[int, int]:
+    """Add merge groups to a {old: new} map: every id of a group becomes the group's first id.
+
+    Ids already merged away are followed to where they went, so merging twice composes.
+    """
+    out = dict(merges or {})
+
+    def final(c: int) -> int:
+        while c in out and out[c] != c:
+            c = out[c]
+        return c
+
+    for group in groups:
+        ids = [final(int(c)) for c in group]
+        for c in ids[1:]:
+            if c != ids[0]:
+                out[c] = ids[0]
+    return {c: final(c) for c in out}
+
+
+def apply_merges(clusters: dict[str, np.ndarray], merges: dict[int, int]) -> dict[str, np.ndarray]:
+    """The primary labels (and the primary layer, the same clusters) with merged ids replaced."""
+    if not merges:
+        return clusters
+    out = dict(clusters)
+
+    def relabel(values: np.ndarray) -> np.ndarray:
+        values = np.asarray(values).copy()
+        for old, new in merges.items():
+            values[values == old] = new
+        return values
+
+    out["labels"] = relabel(clusters["labels"])
+    if clusters.get("layers") is not None and "primary" in clusters:
+        layers = np.array(clusters["layers"], copy=True)
+        layers[int(clusters["primary"])] = relabel(layers[int(clusters["primary"])])
+        out["layers"] = layers
+    return out
+
+
+def set_names(report: Any, names: dict[int, str]) -> None:
+    """Custom topic names (set_topic_labels, zero-shot topics) on the report and its primary layer."""
+    report.custom_names.update(names)
+    for layer in report.layers or []:
+        if layer.get("primary"):
+            for c in layer["clusters"]:
+                if int(c["cluster"]) in report.custom_names:
+                    c["name"] = report.custom_names[int(c["cluster"])]
+
+
+def _zero_shot(
+    clusters: dict[str, np.ndarray], vectors: np.ndarray, settings: Any, encoder: Any
+) -> tuple[dict[str, np.ndarray], dict[int, str]]:
+    """--topics: clusters close to a named topic take its name (merged per name); see engine.zeroshot."""
+    from engine.zeroshot import parse_topics, zero_shot_edits
+
+    names = parse_topics(settings.topics)
+    if encoder is None:
+        raise EngineError("--topics needs the run's model to embed the topic names")
+    groups, named, rows = zero_shot_edits(
+        clusters["labels"], vectors, names, encoder().encode(names), settings.topic_threshold
+    )
+    matched = sum(r["topic"] is not None for r in rows)
+    log.info(
+        "report: zero-shot topics: %d of %d clusters took one of %d names (threshold %.2f)",
+        matched,
+        len(rows),
+        len(names),
+        settings.topic_threshold,
+    )
+    return apply_merges(clusters, merge_map(groups)), named
+
+
+def keyword_options(settings: Any, vectors: np.ndarray, encoder: Any = None) -> dict[str, Any]:
+    """build_report's keyword options from the [report] section (the re-ranker loads the run's model)."""
+    options: dict[str, Any] = {"ngrams": settings.keyword_ngrams, "min_lift": settings.keyword_min_lift}
+    if settings.keyword_rerank:
+        if encoder is None:
+            raise EngineError("--keyword-rerank needs the run's model to embed candidate words")
+        from engine.keywords import embedding_reranker
+
+        model = encoder()
+        options["rerank"] = embedding_reranker(
+            lambda words: model.encode(words), vectors, settings.keyword_diversity
+        )
+    return options
 
 
 def _over_time(labels: np.ndarray, times: pd.Series, settings: Any) -> dict:

@@ -94,3 +94,57 @@ def test_english_only_model_warning(shared_data_dir):
 )
 def test_english_only_model_names(name, english):
     assert is_english_only_model(name) is english
+
+
+def test_fillers_contractions_and_phrases():
+    from engine.keywords import make_analyzer
+
+    terms = make_analyzer(ngrams=2)(
+        "Mr Trump didn't say it, he said. RT: the Prime Minister's plan &lt;br&gt; doesn t matter"
+    )
+    assert {"mr", "said", "say", "did", "didn", "doesn", "rt", "br", "ll"}.isdisjoint(terms), terms
+    assert "prime minister" in terms and "trump" in terms
+    assert "trump prime" not in terms  # no phrase across a clause break (the comma)
+
+
+def test_filler_rule_drops_words_used_at_the_same_rate_everywhere():
+    from engine.keywords import class_tfidf, top_terms
+
+    docs = [
+        "year football goals match year league",
+        "year election vote party year parliament",
+        "year bank shares profit year market",
+    ]
+    off, vocab = class_tfidf(docs, ngrams=1, min_lift=0)
+    year = list(vocab).index("year")
+    assert off[:, year].nnz == 3  # a candidate keyword of every class without the rule
+    on, vocab = class_tfidf(docs, ngrams=1, min_lift=1.5)
+    assert on[:, year].nnz == 0
+    for row in range(3):
+        assert "year" not in top_terms(on, vocab, row, 10) and len(top_terms(on, vocab, row, 10)) == 4
+
+
+def test_names_are_distinct_terms():
+    from engine.keywords import distinct_terms, name_from_terms
+
+    assert distinct_terms(["trump", "trumps", "minister", "prime minister", "election"]) == [
+        "trump",
+        "prime minister",
+        "election",
+    ]
+    assert name_from_terms(["elections", "election", "vote"]) == "elections, vote"
+    assert name_from_terms([]) == ""
+
+
+def test_every_keyword_has_a_score_and_names_have_no_filler(shared_data_dir):
+    from engine.keywords import default_stop_words
+
+    news = pd.read_csv(os.path.join(shared_data_dir, "news_headlines_2024", "news_data_dedup.csv"))
+    venue = news["venue"].astype("category").cat.codes
+    data = build_report(frame(news["title"] + "\n" + news["description"].fillna(""), venue)).to_dict()
+    stops = default_stop_words()
+    for c in data["clusters"]:
+        assert len(c["keyword_scores"]) == len(c["keywords"]) > 0
+        assert c["keyword_scores"] == sorted(c["keyword_scores"], reverse=True)
+        words = {w for term in c["name"].split(", ") for w in term.split()}
+        assert not words & stops, c["name"]

@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 
 from engine.errors import EngineError
-from engine.keywords import class_tfidf
+from engine.keywords import class_tfidf, name_from_terms
 from engine.report import build_layers_report, build_report
 
 SPORTS = [
@@ -117,7 +117,9 @@ def test_degenerate_inputs_do_not_raise(tmp_path, texts, labels):
 
 
 def test_chinese_keywords_are_words_not_whole_runs():
-    rep = build_report(make_frame(["北京今天天气很好", "上海股市大涨", "北京今天天气很好"], [0, 1, 0]))
+    rep = build_report(
+        make_frame(["北京今天天气很好", "上海股市大涨", "北京今天天气很好"], [0, 1, 0]), ngrams=1
+    )
     assert rep.keywords_by_cluster()[0] == ["今天天气", "北京"]  # jieba words (很 and 好 are single chars)
     assert rep.keywords_by_cluster()[1] == ["上海", "大涨", "股市"]
 
@@ -129,7 +131,7 @@ def test_write_json_and_escaped_html(tmp_path):
     (tmp_path / "map.html").write_text("<html></html>")
     paths = rep.write(tmp_path, title="Report <of> news")
     page = open(paths["html"], encoding="utf-8").read()
-    assert "<script" not in page
+    assert "<script>alert" not in page and "<script" in page  # plotly.js for the charts, text escaped
     assert "&lt;script&gt;alert(&#x27;x&#x27;)&lt;/script&gt;" in page and "&amp;" in page
     assert "Report &lt;of&gt; news" in page and 'href="map.html"' in page
     data = json.load(open(paths["json"], encoding="utf-8"))
@@ -141,6 +143,7 @@ def test_write_json_and_escaped_html(tmp_path):
         "share",
         "mean_probability",
         "keywords",
+        "keyword_scores",
         "representatives",
     }
 
@@ -170,9 +173,52 @@ def test_layers_report_tree_json_and_html(tmp_path):
     assert sorted(top["clusters"][0]["children"]) == [0, 2]
     for layer in data["layers"]:
         for c in layer["clusters"]:
-            assert c["name"] == ", ".join(c["keywords"][:3]) and c["size"] > 0
+            assert c["name"] == name_from_terms(c["keywords"]) and c["size"] > 0
+            assert len(c["keyword_scores"]) == len(c["keywords"])
     assert {"match", "team", "football", "league"} & set(top["clusters"][0]["name"].split(", "))
     paths = rep.write(tmp_path)
     page = open(paths["html"], encoding="utf-8").read()
     assert "Topic tree" in page and page.count("<details>") == 6  # 2 coarse + 4 fine topics
     assert json.load(open(paths["json"], encoding="utf-8"))["layers"][0]["clusters"][0]["parent"] == 0
+
+
+def test_report_html_has_the_charts_built_from_the_run_data(tmp_path):
+    from engine.report import topics_per_class
+    from engine.show.charts import report_figures
+    from engine.timeline import topics_over_time
+
+    texts = (
+        SPORTS
+        + FINANCE
+        + ["Weather: sunny with light wind and warm weather", "Rain and wind: weather warning"]
+    )
+    labels = np.array([0] * 6 + [1] * 6 + [2] * 2)
+    rng = np.random.default_rng(0)
+    vectors = rng.normal(size=(3, 8))[labels] + 0.1 * rng.normal(size=(14, 8))
+    rep = build_report(make_frame(texts, labels), n_keywords=5, vectors=vectors)
+    times = pd.Series(pd.to_datetime(["2024-01-01", "2024-01-02"] * 7, utc=True))
+    rep.over_time = topics_over_time(labels, times, "date")
+    rep.per_class = topics_per_class(labels, pd.Series(["a", "b"] * 7), "source")
+    page = open(rep.write(tmp_path)["html"], encoding="utf-8").read()
+    figures = {cid: fig for cid, _, fig in report_figures(rep)}
+    ids = ["chart-top-words", "chart-similarity", "chart-hierarchy", "chart-over-time", "chart-per-class"]
+    assert list(figures) == ids
+    for cid in ids:
+        assert f'id="{cid}"' in page
+    data = rep.to_dict()
+    bars = figures["chart-top-words"].data
+    assert [list(b.x) for b in bars] == [c["keyword_scores"][::-1] for c in data["clusters"]]
+    assert [list(b.y) for b in bars] == [c["keywords"][::-1] for c in data["clusters"]]
+    heat = figures["chart-similarity"].data[0]
+    centroids = np.stack([vectors[labels == c].mean(axis=0) for c in (0, 1, 2)])
+    centroids /= np.linalg.norm(centroids, axis=1, keepdims=True)
+    assert np.allclose(np.asarray(heat.z), centroids @ centroids.T, atol=1e-3)
+    assert sorted(figures["chart-hierarchy"].layout.yaxis.ticktext) == sorted(
+        f"{c['cluster']}: {c['name']}" for c in data["clusters"]
+    )
+    lines = figures["chart-over-time"].data
+    assert [list(t.y) for t in lines] == [data["over_time"]["clusters"][str(c)] for c in (0, 1, 2)]
+    assert list(lines[0].y) == [3, 3]
+    per_class = figures["chart-per-class"].data
+    assert [t.name for t in per_class] == ["a", "b"]
+    assert sum(sum(t.x) for t in per_class) == 14

@@ -98,3 +98,68 @@ def test_write_map_layer_switch_and_names(tmp_path):
     assert page.count("doc 5 about topic 0") == 1  # hover text stored once, not per layer
     with pytest.raises(EngineError, match="layer_2"):
         write_map(frame, tmp_path / "x.html", None, layers=layers + [{"layer": 2, "clusters": []}])
+
+
+def _corpus_map(texts: list[str], vectors: np.ndarray, n_clusters: int) -> tuple[pd.DataFrame, list[dict]]:
+    """A map frame and its layer dict from real texts and MiniLM vectors: k-means clusters (ids by size),
+    a 2-D PCA layout (crowded: a hard case for names), c-TF-IDF names from engine.report."""
+    from sklearn.cluster import KMeans
+    from sklearn.decomposition import PCA
+
+    from engine.report import build_report
+
+    raw = KMeans(n_clusters=n_clusters, n_init=1, random_state=0).fit_predict(vectors)
+    by_size = np.argsort(-np.bincount(raw), kind="stable")
+    labels = np.argsort(by_size)[raw]
+    xy = PCA(n_components=2, random_state=0).fit_transform(vectors)
+    frame = pd.DataFrame(
+        {
+            "id": np.arange(len(texts)),
+            "text": texts,
+            "cluster": labels,
+            "probability": np.ones(len(texts), np.float32),
+            "outlier_score": np.zeros(len(texts), np.float32),
+            "x": xy[:, 0],
+            "y": xy[:, 1],
+            "layer_0": labels,
+        }
+    )
+    data = build_report(frame, n_keywords=5, n_representatives=0).to_dict()
+    return frame, [
+        {"layer": 0, "primary": True, "n_clusters": data["n_clusters"], "clusters": data["clusters"]}
+    ]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("corpus", ["news_headlines", "bbc", "ag_news"])
+def test_drawn_names_do_not_overlap_in_chromium(tmp_path, corpus, shared_data_dir, embeddings_cache_dir):
+    import os
+
+    from tests.fixtures.browser import chromium_available, drawn_label_boxes, overlapping_pairs
+    from tests.fixtures.data import load_agnews, load_bbc, minilm_embed
+
+    if not chromium_available():
+        pytest.skip("needs /usr/bin/chromium, /usr/bin/chromedriver and selenium (the test extra)")
+    if corpus == "news_headlines":
+        news = pd.read_csv(os.path.join(shared_data_dir, "news_headlines_2024", "news_data_dedup.csv"))
+        texts = (news["title"] + "\n" + news["description"].fillna("")).tolist()
+    elif corpus == "bbc":
+        texts, _ = load_bbc(shared_data_dir)
+    else:
+        texts, _ = load_agnews(shared_data_dir, n=2000, seed=0)
+    frame, layers = _corpus_map(texts, minilm_embed(texts, embeddings_cache_dir), n_clusters=40)
+    write_map(frame, tmp_path / "map.html", tmp_path / "map.png", layers=layers)
+    boxes = drawn_label_boxes(tmp_path / "map.html")
+    names = {html_unescape(c["name"]) for c in layers[0]["clusters"]}
+    assert len(boxes) >= 20, boxes  # most of the 40 names find a free spot
+    assert {b["text"] for b in boxes} <= names
+    assert overlapping_pairs(boxes) == []
+    width = max(b["right"] for b in boxes) - min(b["left"] for b in boxes)
+    height = max(b["bottom"] for b in boxes) - min(b["top"] for b in boxes)
+    assert width > 600 and height > 400  # names spread over the figure, fitted to the data
+
+
+def html_unescape(text: str) -> str:
+    import html
+
+    return html.unescape(text)

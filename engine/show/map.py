@@ -19,6 +19,154 @@ import pandas as pd
 from engine.errors import EngineError
 
 NOISE_COLOR = "#b0b0b0"
+#: Fixed figure geometry of map.html (pixels), so label boxes can be placed in screen space.
+MAP_WIDTH, MAP_HEIGHT = 1200, 800
+MAP_MARGIN = {"l": 20, "r": 20, "t": 90, "b": 20}
+_PAD = 0.03  # axis range padding, a share of the data's extent
+
+
+def text_box(text: str, font_px: float) -> tuple[float, float]:
+    """Estimated (width, height) in pixels of a one-line label: wide glyphs (CJK) count double.
+
+    Deliberately generous (sans-serif averages ~0.55 em per Latin glyph) so estimated boxes
+    contain the drawn ones.
+    """
+    import unicodedata
+
+    ems = sum(1.0 if unicodedata.east_asian_width(ch) in "WF" else 0.62 for ch in text)
+    return ems * font_px + 8.0, 1.35 * font_px + 6.0
+
+
+def place_labels(
+    anchors: np.ndarray,
+    sizes: np.ndarray,
+    area: tuple[float, float, float, float],
+    gap: float = 4.0,
+    rings: int = 12,
+) -> list[tuple[float, float] | None]:
+    """Collision-free label positions, in priority order (first = most important): greedy search.
+
+    ``anchors`` (n, 2) and ``sizes`` (n, 2, width/height) in screen pixels (y down); ``area``
+    (left, top, right, bottom). Each label tries its anchor first, then rings of 16 directions at
+    growing distance; the first position whose box stays inside ``area`` and keeps ``gap`` pixels
+    from every label already placed wins. Returns the box centre's offset (dx, dy) from its
+    anchor, or None when no position is free (the label is not drawn: a crowded map shows its
+    most important names, none on top of another).
+    """
+    placed: list[tuple[float, float, float, float]] = []
+    out: list[tuple[float, float] | None] = []
+    angles = np.linspace(0, 2 * np.pi, 16, endpoint=False)
+    left, top, right, bottom = area
+    for (ax, ay), (w, h) in zip(np.asarray(anchors, float), np.asarray(sizes, float), strict=True):
+        step = h + gap
+        candidates = [(0.0, 0.0)] + [
+            (r * step * 1.6 * np.cos(a), r * step * np.sin(a)) for r in range(1, rings + 1) for a in angles
+        ]
+        found = None
+        for dx, dy in candidates:
+            x0, y0 = ax + dx - w / 2, ay + dy - h / 2
+            x1, y1 = x0 + w, y0 + h
+            if x0 < left or y0 < top or x1 > right or y1 > bottom:
+                continue
+            if any(
+                x0 < b[2] + gap and b[0] < x1 + gap and y0 < b[3] + gap and b[1] < y1 + gap for b in placed
+            ):
+                continue
+            found = (float(dx), float(dy))
+            placed.append((x0, y0, x1, y1))
+            break
+        out.append(found)
+    return out
+
+
+def _axis_ranges(xs: np.ndarray, ys: np.ndarray) -> tuple[list[float], list[float]]:
+    """Axis ranges fitted to the data's extent (robust to a few far points), so the map fills the figure."""
+    if len(xs) == 0:
+        return [-1.0, 1.0], [-1.0, 1.0]
+    ranges = []
+    for v in (xs, ys):
+        lo, hi = (float(q) for q in np.quantile(v, [0.0, 1.0]))
+        span = hi - lo or 1.0
+        ranges.append([lo - _PAD * span, hi + _PAD * span])
+    return ranges[0], ranges[1]
+
+
+def name_annotations(
+    xs: np.ndarray,
+    ys: np.ndarray,
+    labels: np.ndarray,
+    clusters: Sequence[tuple[int, str, int]],
+    x_range: Sequence[float],
+    y_range: Sequence[float],
+    max_names: int = 40,
+) -> list[dict[str, Any]]:
+    """Plotly annotations naming clusters (largest first) at their median point, none overlapping.
+
+    ``clusters``: (cluster, name, size), largest first. A name that cannot sit on its cluster's
+    centre is moved to the nearest free spot with a leader line to the centre (see
+    :func:`place_labels`); a name with no free spot is left out.
+    """
+    n_total = max(len(labels), 1)
+    pw = MAP_WIDTH - MAP_MARGIN["l"] - MAP_MARGIN["r"]
+    ph = MAP_HEIGHT - MAP_MARGIN["t"] - MAP_MARGIN["b"]
+    (x0, x1), (y0, y1) = x_range, y_range
+    items = []
+    for c, name, size in list(clusters)[:max_names]:
+        m = labels == c
+        if not m.any():
+            continue
+        cx, cy = float(np.median(xs[m])), float(np.median(ys[m]))
+        font = 12 if size >= n_total / 50 else 10
+        text = name or str(c)
+        px = MAP_MARGIN["l"] + (cx - x0) / (x1 - x0) * pw
+        py = MAP_MARGIN["t"] + (y1 - cy) / (y1 - y0) * ph
+        items.append((cx, cy, px, py, font, text))
+    if not items:
+        return []
+    anchors = np.array([(px, py) for _, _, px, py, _, _ in items])
+    sizes = np.array([text_box(t, f) for *_, f, t in items])
+    area = (MAP_MARGIN["l"], MAP_MARGIN["t"], MAP_MARGIN["l"] + pw, MAP_MARGIN["t"] + ph)
+    out = []
+    for (cx, cy, _, _, font, text), spot in zip(items, place_labels(anchors, sizes, area), strict=True):
+        if spot is None:
+            continue
+        dx, dy = spot
+        moved = abs(dx) > 0.5 or abs(dy) > 0.5
+        out.append(
+            {
+                "x": cx,
+                "y": cy,
+                "text": html.escape(text, quote=False),
+                "showarrow": moved,
+                "ax": dx,
+                "ay": dy,
+                "axref": "pixel",
+                "ayref": "pixel",
+                "arrowhead": 0,
+                "arrowwidth": 1,
+                "arrowcolor": "#555",
+                "standoff": 0,
+                "xanchor": "center",
+                "yanchor": "middle",
+                "font": {"size": font, "color": "#111"},
+                "bgcolor": "rgba(255,255,255,0.8)",
+                "borderpad": 2,
+                "captureevents": False,
+            }
+        )
+    return out
+
+
+def _fixed_layout(x_range: Sequence[float], y_range: Sequence[float]) -> dict[str, Any]:
+    """Figure size, margins and axis ranges fixed: the screen positions name placement assumed."""
+    return {
+        "width": MAP_WIDTH,
+        "height": MAP_HEIGHT,
+        "autosize": False,
+        "margin": dict(MAP_MARGIN),
+        "xaxis": {"showticklabels": False, "title": "", "range": list(x_range), "zeroline": False},
+        "yaxis": {"showticklabels": False, "title": "", "range": list(y_range), "zeroline": False},
+    }
 
 
 def cluster_palette() -> list[str]:
@@ -92,7 +240,12 @@ def write_map(
             frame, html_path, title, keywords, max_legend, max_hover_chars, max_points, random_state
         )
     if png_path is not None:
-        out["png"] = _write_png(frame, png_path, title)
+        if layers:
+            primary = next((d for d in layers if d.get("primary")), layers[-1])
+            names = {int(c["cluster"]): str(c.get("name") or "") for c in primary["clusters"]}
+        else:
+            names = {int(c): ", ".join(str(w) for w in list(k)[:3]) for c, k in (keywords or {}).items()}
+        out["png"] = _write_png(frame, png_path, title, names)
     return out
 
 
@@ -175,6 +328,13 @@ def _write_html(
         traces.append(go.Scattergl(**trace))
 
     n_clusters = len(all_order)
+    all_x = frame["x"].to_numpy(dtype=np.float32)
+    all_y = frame["y"].to_numpy(dtype=np.float32)
+    x_range, y_range = _axis_ranges(all_x, all_y)
+    names = [(c, ", ".join(str(w) for w in list(keywords.get(c, []))[:3]), size) for c, size in all_order]
+    annotations = name_annotations(
+        all_x, all_y, frame["cluster"].to_numpy(dtype=np.int64), names, x_range, y_range
+    )
     subtitle = f"{n_total} documents, {n_clusters} clusters, noise {n_noise_total}"
     if len(shown) < n_total:
         subtitle += f" (showing a random {len(shown)})"
@@ -183,11 +343,12 @@ def _write_html(
         "title": {"text": f"{html.escape(title, quote=False)}<br><sup>{subtitle}</sup>"},
         "template": "plotly_white",
         "hovermode": "closest",
-        "xaxis": {"showticklabels": False, "title": ""},
-        "yaxis": {"showticklabels": False, "title": ""},
         "legend": {"itemsizing": "constant", "font": {"size": 10 if n_clusters > 30 else 12}},
-        "height": 800,
+        "annotations": annotations,
+        **_fixed_layout(x_range, y_range),
     }
+    layout["width"] = MAP_WIDTH + 300  # the legend sits right of the plot area
+    layout["margin"] = {**MAP_MARGIN, "r": MAP_MARGIN["r"] + 300}
     if noise.any():
         layout["updatemenus"] = [
             {
@@ -259,6 +420,7 @@ def _write_layered_html(
     with_names = len(shown) * len(layers) <= 2_000_000
     all_x = frame["x"].to_numpy(dtype=np.float32)
     all_y = frame["y"].to_numpy(dtype=np.float32)
+    x_range, y_range = _axis_ranges(all_x, all_y)
 
     per_layer = []
     for d, col in zip(layers, cols, strict=True):
@@ -273,21 +435,15 @@ def _write_layered_html(
         else:
             label = [f"cluster {c}" if c >= 0 else "noise" for c in lab]
         full = frame[col].to_numpy(dtype=np.int64)
-        annotations = []
-        for c in d["clusters"][:max_names]:
-            m = full == int(c["cluster"])
-            if not m.any():
-                continue
-            annotations.append(
-                {
-                    "x": float(np.median(all_x[m])),
-                    "y": float(np.median(all_y[m])),
-                    "text": html.escape(names.get(int(c["cluster"])) or str(c["cluster"]), quote=False),
-                    "showarrow": False,
-                    "font": {"size": 11 if int(c["size"]) >= n_total / 50 else 9, "color": "#111"},
-                    "bgcolor": "rgba(255,255,255,0.7)",
-                }
-            )
+        annotations = name_annotations(
+            all_x,
+            all_y,
+            full,
+            [(int(c["cluster"]), names.get(int(c["cluster"]), ""), int(c["size"])) for c in d["clusters"]],
+            x_range,
+            y_range,
+            max_names,
+        )
         noise = int((full < 0).sum())
         subtitle = (
             f"layer {d['layer']}{' (primary)' if d.get('primary') else ''}: {int(d['n_clusters'])} clusters, "
@@ -333,10 +489,8 @@ def _write_layered_html(
         title={"text": f"{head}<br><sup>{subtitle}</sup>"},
         template="plotly_white",
         hovermode="closest",
-        xaxis={"showticklabels": False, "title": ""},
-        yaxis={"showticklabels": False, "title": ""},
-        height=800,
         annotations=annotations,
+        **_fixed_layout(x_range, y_range),
         updatemenus=[
             {
                 "type": "dropdown",
@@ -357,7 +511,10 @@ def _write_layered_html(
     return path
 
 
-def _write_png(frame: pd.DataFrame, png_path: str | os.PathLike, title: str) -> str:
+def _write_png(
+    frame: pd.DataFrame, png_path: str | os.PathLike, title: str, names: Mapping[int, str] | None = None
+) -> str:
+    """The static map: every document, the largest clusters named (no two names overlapping)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -368,30 +525,61 @@ def _write_png(frame: pd.DataFrame, png_path: str | os.PathLike, title: str) -> 
     order = _cluster_order(labels)
     n = len(frame)
     pt = float(np.clip(30000.0 / max(n, 1), 0.3, 12.0))  # marker area shrinks as N grows
+    names = names or {}
 
     fig = Figure(figsize=(10, 8), dpi=150)
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot(1, 1, 1)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_axes((0.01, 0.01, 0.98, 0.91))
     noise = labels < 0
     if noise.any():
         ax.scatter(xs[noise], ys[noise], s=pt * 0.5, c=NOISE_COLOR, alpha=0.35, linewidths=0, rasterized=True)
     for i, (c, _) in enumerate(order):
         m = labels == c
         ax.scatter(xs[m], ys[m], s=pt, c=palette[i % len(palette)], alpha=0.8, linewidths=0, rasterized=True)
-    for c, _ in order[:30]:  # label the largest clusters at their median position
-        m = labels == c
-        ax.annotate(
-            str(c),
-            (float(np.median(xs[m])), float(np.median(ys[m]))),
-            fontsize=7,
-            ha="center",
-            va="center",
-            bbox={"boxstyle": "round,pad=0.15", "fc": "white", "alpha": 0.6, "lw": 0},
-        )
+    x_range, y_range = _axis_ranges(xs, ys)
+    ax.set_xlim(*x_range)
+    ax.set_ylim(*y_range)
     ax.set_title(f"{title}\n{n} documents, {len(order)} clusters, noise {int(noise.sum())}", fontsize=10)
     ax.set_xticks([])
     ax.set_yticks([])
+    _png_names(ax, canvas, xs, ys, labels, [(c, names.get(c) or str(c)) for c, _ in order[:30]])
     path = os.fspath(png_path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, format="png", bbox_inches="tight")
+    fig.savefig(path, format="png")
     return path
+
+
+def _png_names(ax: Any, canvas: Any, xs: np.ndarray, ys: np.ndarray, labels: np.ndarray, named: list) -> None:
+    """Cluster names on the PNG, placed like map.html's (measured text boxes, leader lines when moved)."""
+    renderer = canvas.get_renderer()
+    height = canvas.figure.bbox.height
+    items = []
+    for c, name in named:
+        m = labels == c
+        cx, cy = float(np.median(xs[m])), float(np.median(ys[m]))
+        probe = ax.text(0, 0, name, fontsize=7, bbox={"boxstyle": "round,pad=0.2", "lw": 0})
+        box = probe.get_window_extent(renderer)
+        probe.remove()
+        px, py = ax.transData.transform((cx, cy))
+        items.append((cx, cy, px, height - py, box.width + 4, box.height + 2, name))
+    if not items:
+        return
+    frame_box = ax.get_window_extent(renderer)
+    area = (frame_box.x0, height - frame_box.y1, frame_box.x1, height - frame_box.y0)
+    spots = place_labels(np.array([i[2:4] for i in items]), np.array([i[4:6] for i in items]), area)
+    for (cx, cy, *_rest, name), spot in zip(items, spots, strict=True):
+        if spot is None:
+            continue
+        dx, dy = spot
+        moved = abs(dx) > 0.5 or abs(dy) > 0.5
+        ax.annotate(
+            name,
+            (cx, cy),
+            xytext=(dx, -dy),
+            textcoords="offset pixels",
+            fontsize=7,
+            ha="center",
+            va="center",
+            bbox={"boxstyle": "round,pad=0.2", "fc": "white", "alpha": 0.8, "lw": 0},
+            arrowprops={"arrowstyle": "-", "color": "#555", "lw": 0.6} if moved else None,
+        )

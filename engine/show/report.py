@@ -23,11 +23,23 @@ class ClusterReport:
     n_documents: int
     noise_size: int
     noise_keywords: list[str] = field(default_factory=list)
+    noise_keyword_scores: list[float] = field(default_factory=list)
     # Topic tree (cluster space "embedding"): one JSON-ready dict per layer, finest first; see build_layers_report.
     layers: list[dict[str, Any]] | None = None
     primary_layer: int | None = None
     warnings: list[str] = field(default_factory=list)
     over_time: dict | None = None  # engine.timeline.topics_over_time (--time-column)
+    custom_names: dict[int, str] = field(default_factory=dict)  # set_topic_labels / zero-shot topic names
+    similarity: dict[str, Any] | None = None  # engine.report.topic_similarity of the largest clusters
+    per_class: dict[str, Any] | None = None  # engine.report.topics_per_class (--class-column)
+
+    def name_of(self, cluster: int, keywords: Any) -> str:
+        """The cluster's custom name when one was set, else its top distinct keywords."""
+        return self.custom_names.get(int(cluster)) or cluster_name(keywords)
+
+    def names(self) -> dict[int, str]:
+        """{cluster: name} of the primary layer."""
+        return {int(r.cluster): self.name_of(r.cluster, r.keywords) for r in self.clusters.itertuples()}
 
     @property
     def n_clusters(self) -> int:
@@ -48,11 +60,12 @@ class ClusterReport:
             clusters.append(
                 {
                     "cluster": int(r.cluster),
-                    "name": cluster_name(r.keywords),
+                    "name": self.name_of(r.cluster, r.keywords),
                     "size": int(r.size),
                     "share": float(r.share),
                     "mean_probability": float(r.mean_probability),
                     "keywords": [str(k) for k in r.keywords],
+                    "keyword_scores": [float(v) for v in r.keyword_scores],
                     **(
                         {"over_time": self.over_time["clusters"].get(str(int(r.cluster)), [])}
                         if self.over_time
@@ -75,10 +88,13 @@ class ClusterReport:
                 "size": int(self.noise_size),
                 "share": float(self.noise_share),
                 "keywords": list(self.noise_keywords),
+                "keyword_scores": list(self.noise_keyword_scores),
             },
             "clusters": clusters,
             "warnings": list(self.warnings),
             **({"over_time": self.over_time} if self.over_time else {}),
+            **({"per_class": self.per_class} if self.per_class else {}),
+            **({"similarity": self.similarity} if self.similarity else {}),
         }
         if self.layers is not None:
             out["primary_layer"] = self.primary_layer
@@ -100,8 +116,10 @@ class ClusterReport:
 
 
 def cluster_name(keywords: Any, n: int = 3) -> str:
-    """A short cluster name: its top ``n`` keywords joined by ", " ("" when it has none)."""
-    return ", ".join(str(k) for k in list(keywords)[:n])
+    """A short cluster name: its top ``n`` distinct keywords joined by ", " ("" when it has none)."""
+    from engine.keywords import name_from_terms
+
+    return name_from_terms(list(keywords), n)
 
 
 def to_python(value: Any) -> Any:
@@ -143,11 +161,20 @@ def _doc_html(text: str) -> str:
 
 
 def render_html(report: ClusterReport, title: str = "Cluster report", map_href: str | None = None) -> str:
-    """A readable, self-contained HTML page (inline CSS, no scripts); every text is HTML-escaped."""
+    """A readable, self-contained HTML page; every text is HTML-escaped.
+
+    The charts (engine.show.charts) are plotly figures; plotly.js is inlined once, so the page opens
+    offline like map.html. A report with no chart (no clusters) has no script at all.
+    """
+    from engine.show.charts import charts_html
+
+    charts = charts_html(report) if report.n_clusters else ""
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
-        f"<title>{_esc(title)}</title><style>{_CSS}</style></head><body>",
+        f"<title>{_esc(title)}</title><style>{_CSS}</style>",
+        _plotly_js() if charts else "",
+        "</head><body>",
         f"<h1>{_esc(title)}</h1>",
         f'<div class="summary">{report.n_documents} documents &middot; {report.n_clusters} clusters &middot; '
         f"noise {report.noise_size} ({report.noise_share:.1%})",
@@ -157,6 +184,8 @@ def render_html(report: ClusterReport, title: str = "Cluster report", map_href: 
     parts.append("</div>")
     for warning in report.warnings:
         parts.append(f'<p class="warn"><b>Warning:</b> {_esc(warning)}</p>')
+    if charts:
+        parts.append(charts)
     if report.layers:
         parts.append(render_tree_html(report.layers))
         parts.append(f"<h2>Primary layer {report.primary_layer}: clusters</h2>")
@@ -167,7 +196,7 @@ def render_html(report: ClusterReport, title: str = "Cluster report", map_href: 
     if over_time:
         from engine.timeline import chart_svg
 
-        names = {int(r.cluster): ", ".join(list(r.keywords)[:3]) for r in report.clusters.itertuples()}
+        names = report.names()
         outside = {"before": "dated before the range", "after": "dated after it", "missing": "without a date"}
         extra = ", ".join(f"{over_time[k]} {v}" for k, v in outside.items() if over_time[k])
         parts.append(
@@ -180,7 +209,11 @@ def render_html(report: ClusterReport, title: str = "Cluster report", map_href: 
         "<th>Keywords</th><th>Representative documents</th></tr></thead><tbody>"
     )
     for r in report.clusters.itertuples():
-        kws = "".join(f"<span>{_esc(k)}</span>" for k in r.keywords) or "<em>none</em>"
+        kws = "".join(
+            f'<span>{_esc(k)} <small class="p">{v:.3f}</small></span>'
+            for k, v in zip(r.keywords, r.keyword_scores, strict=False)
+        )
+        kws = f"<b>{_esc(report.name_of(r.cluster, r.keywords))}</b><br>{kws or '<em>none</em>'}"
         reps = "".join(
             f'<li>{_doc_html(d["text"])} <span class="p">(id {_esc(d["id"])}, p={d["probability"]:.2f})</span></li>'
             for d in r.representatives
@@ -198,6 +231,12 @@ def render_html(report: ClusterReport, title: str = "Cluster report", map_href: 
         parts.append('<tr><td colspan="6"><em>No clusters found: every document is noise.</em></td></tr>')
     parts.append("</tbody></table></body></html>")
     return "\n".join(parts)
+
+
+def _plotly_js() -> str:
+    from plotly.offline import get_plotlyjs
+
+    return f'<script type="text/javascript">{get_plotlyjs()}</script>'
 
 
 def render_tree_html(layers: list[dict[str, Any]], max_docs: int = 3) -> str:
