@@ -61,7 +61,7 @@ def test_negative_ids_keep_every_neighbour_and_label(neg_run, neg_corpus):
     from engine.graph import KnnGraph
 
     graph = KnnGraph.load(neg_run)
-    assert graph.n == N and graph.n_missing == 0  # the old `hit_ids >= 0` dropped every hit
+    assert graph.n == N and graph.n_missing() == 0  # the old `hit_ids >= 0` dropped every hit
     labels = pd.read_parquet(neg_run / "labels.parquet")
     ids = labels["engine_id"] if "engine_id" in labels else labels["id"]
     assert (ids.to_numpy() < 0).all()
