@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from engine import __version__
+from engine.atomic import atomic_output
 from engine.config import (
     DICT_FIELDS,
     NONE_WORDS,
@@ -109,7 +110,8 @@ class _Parser(argparse.ArgumentParser):
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
         prog="engine",
-        description="Cluster a text corpus by meaning: embeddings -> Milvus -> kNN graph -> HDBSCAN -> map + report.",
+        description="Cluster a text corpus by meaning: embeddings -> Milvus -> kNN graph -> node embedding + "
+        "cluster layers -> map + report.",
     )
     parser.add_argument("--version", action="version", version=f"engine {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -267,7 +269,8 @@ def _run_use(args: argparse.Namespace) -> int:
         out = with_source_columns(out, corpus.frame, corpus.stats)
         path = Path(args.out) / "assigned" / f"{name}.parquet"
         path.parent.mkdir(parents=True, exist_ok=True)
-        out.to_parquet(path, index=False)
+        with atomic_output(path) as tmp:
+            out.to_parquet(tmp, index=False)
         placed = int((out["cluster"] >= 0).sum()) if "cluster" in out else 0
         reasons = out["cluster_reason"].value_counts().to_dict() if "cluster_reason" in out else {}
         print(

@@ -43,6 +43,7 @@ from pydantic import (
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from engine.atomic import write_text
 from engine.errors import EngineError
 from engine.milvus.indexes import Metric
 
@@ -290,7 +291,10 @@ class ReportSettings(Section):
     n_keywords: Int = opt(10, "keywords per cluster (default 10)", ge=1, le=1000)
     n_representatives: Int = opt(5, "representative documents per cluster (default 5)", ge=0, le=1000)
     time_column: str | None = opt(
-        None, "column of dates: per-cluster counts per day/week/month (by span) and a topics-over-time chart"
+        None, "column of dates: per-cluster counts per period and a topics-over-time chart"
+    )
+    time_period: Literal["auto", "day", "week", "month", "quarter", "year"] = opt(
+        "auto", "period of --time-column counts (default auto: the finest giving at most 200 periods)"
     )
     keyword_ngrams: Int = opt(
         2,
@@ -375,6 +379,14 @@ class EngineConfig(BaseSettings):
         """Only the given values: the layers (files, environment, flags) are merged by resolve_config."""
         return (init_settings,)
 
+    @field_validator("out")
+    @classmethod
+    def _out_not_blank(cls, value: str) -> str:
+        # an empty --out would silently write the run into the current directory
+        if not value.strip():
+            raise ValueError("--out must name a run directory, got an empty path")
+        return value
+
     @model_validator(mode="after")
     def _min_samples_within_k(self) -> EngineConfig:
         if self.cluster.effective_min_samples > self.graph.k:
@@ -421,7 +433,7 @@ class EngineConfig(BaseSettings):
         """Write the resolved configuration (never the token) so stage re-runs reuse it."""
         path.parent.mkdir(parents=True, exist_ok=True)
         text = "# engine run configuration (resolved); re-used by per-stage commands\n"
-        path.write_text(text + tomli_w.dumps(self.to_toml_dict()), encoding="utf-8")
+        write_text(path, text + tomli_w.dumps(self.to_toml_dict()))
 
 
 SECTIONS: dict[str, type[Section]] = {
@@ -618,10 +630,16 @@ def read_toml(path: str | Path) -> dict[str, Any]:
     path = Path(path)
     if not path.exists():
         raise EngineError(f"config file not found: {path}")
+    if path.is_dir():
+        raise EngineError(f"config file {path} is a directory, not a TOML file")
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise EngineError(f"{path}: invalid TOML: {exc}") from None
+    except UnicodeDecodeError as exc:
+        raise EngineError(f"{path}: not UTF-8 text (byte {exc.start}); TOML files are UTF-8") from None
+    except OSError as exc:
+        raise EngineError(f"{path}: cannot read the config file ({exc.strerror})") from None
     return flatten_toml(data, str(path))
 
 
@@ -676,7 +694,7 @@ def resolve_config(
         "out", env_options.get("out", file_options.get("out", EngineConfig.model_fields["out"].default))
     )
     saved = Path(out) / RUN_CONFIG_NAME
-    if saved_run and saved.is_file():
+    if saved_run and str(out).strip() and saved.is_file():
         saved_options = read_toml(saved)
         saved_options.pop("restart", None)  # a restart is never implied by an earlier run
         saved_options.pop("out", None)  # the directory it was found in, wherever it was written

@@ -14,7 +14,9 @@ import codecs
 import csv
 import hashlib
 import json
+import re
 import string
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,6 +26,14 @@ import pandas as pd
 from engine.errors import EngineError
 
 DEFAULT_TEMPLATE = "{title}\n{description}"
+#: Widest padding / longest precision a template's format spec may ask for: "{title:>99999999}"
+#: would build a 100 MB string per row (measured: MemoryError), and no real text needs more.
+MAX_SPEC_WIDTH = 1000
+#: [[fill]align][sign][z][#][0][width][grouping][.precision][type] -- Python's format-spec grammar
+_SPEC = re.compile(r"(?:.?[<>=^])?[-+ ]?z?#?0?(?P<width>\d*)[,_]?(?:\.(?P<precision>\d+))?[a-zA-Z%]?", re.S)
+#: Per-field limit of Python's csv module (128 KiB by default): long articles are normal, so
+#: the strict quote check reads fields of any size a C long allows.
+CSV_FIELD_LIMIT = min(sys.maxsize, 2**31 - 1)
 #: Columns the engine adds to the corpus frame; a source column with one of these names is stored
 #: in corpus.parquet as ``source_<name>`` and gets its own name back in labels.parquet.
 ENGINE_COLUMNS = ("id", "text", "row")
@@ -103,12 +113,16 @@ def check_csv_quotes(path: Path, encoding: str, sep: str = ",") -> None:
     title, exit 0). Python's ``csv`` module in strict mode refuses exactly that.
     """
     start = 1
+    if csv.field_size_limit() < CSV_FIELD_LIMIT:
+        csv.field_size_limit(CSV_FIELD_LIMIT)
     with open(path, encoding=encoding, newline="") as fh:
         reader = csv.reader(fh, delimiter=sep, quotechar='"', strict=True)
         try:
             for _ in reader:
                 start = reader.line_num + 1
         except csv.Error as exc:
+            if "expected after" not in str(exc) and "end of data" not in str(exc):
+                raise EngineError(f"{path}: line {start}: not valid CSV ({exc})") from None
             raise EngineError(
                 f'{path}: line {start}: unbalanced quote: a field opened with " is not closed before '
                 f"{'the end of the file' if 'end of data' in str(exc) else f'line {reader.line_num}'} "
@@ -203,7 +217,27 @@ def template_fields(template: str) -> list[str]:
         raise EngineError(f"--text-template {template!r} names no column (use e.g. '{{title}}')")
     if any(name == "" or name.isdigit() for name in names):
         raise EngineError(f"--text-template {template!r}: name the columns, e.g. '{{title}}', not '{{}}'")
+    for _, name, spec, _ in string.Formatter().parse(template):
+        check_format_spec(template, name, spec or "")
     return names
+
+
+def check_format_spec(template: str, name: str | None, spec: str) -> None:
+    """Refuse a field's format spec that nests fields, is malformed, or pads beyond MAX_SPEC_WIDTH."""
+    if not spec:
+        return
+    match = _SPEC.fullmatch(spec)
+    if "{" in spec or match is None:
+        raise EngineError(
+            f"--text-template {template!r}: {{{name}:{spec}}} is not a supported format spec "
+            "(use e.g. '{title}', '{title:.200}' or '{price:.2f}')"
+        )
+    for part in ("width", "precision"):
+        if match.group(part) and int(match.group(part)) > MAX_SPEC_WIDTH:
+            raise EngineError(
+                f"--text-template {template!r}: the {part} {int(match.group(part))} in {{{name}:{spec}}} "
+                f"is over {MAX_SPEC_WIDTH} characters; drop the format spec or use a smaller {part}"
+            )
 
 
 def build_texts(frame: pd.DataFrame, template: str) -> pd.Series:
@@ -223,7 +257,13 @@ def build_texts(frame: pd.DataFrame, template: str) -> pd.Series:
         values = column.astype(object).where(column.notna(), "")
         if spec or conv:
             fmt = "{0" + (f"!{conv}" if conv else "") + (f":{spec}" if spec else "") + "}"
-            values = values.map(lambda v, f=fmt: f.format(v) if v != "" else "")
+            try:
+                values = values.map(lambda v, f=fmt: f.format(v) if v != "" else "")
+            except (ValueError, TypeError) as exc:
+                raise EngineError(
+                    f"--text-template {template!r}: {{{name}{'!' + conv if conv else ''}:{spec}}} does not "
+                    f"apply to column {name!r} ({exc})"
+                ) from None
         else:
             values = values.map(lambda v: v if isinstance(v, str) else str(v))
         out = out + values
@@ -387,14 +427,18 @@ def with_source_columns(
     like a result (``cluster``, ``x`` ...) is carried as ``source_<name>``.
     """
     out = results.copy()
+    names: dict[str, str] = {}  # output name -> stored column, built once: one concat, not one insert each
     for stored, original in source_columns(frame, stats).items():
         name = original
         if original in ENGINE_COLUMNS and original in out.columns:
             out = out.rename(columns={original: "engine_" + original})
         elif original in out.columns:
             name = SOURCE_PREFIX + original
-        out[name] = frame[stored].to_numpy()
-    return out
+        names[name] = stored
+    if not names:
+        return out
+    carried = frame[list(names.values())].set_axis(list(names), axis=1).reset_index(drop=True)
+    return pd.concat([out.reset_index(drop=True), carried], axis=1).set_axis(out.index, axis=0)
 
 
 def engine_id_column(labels: pd.DataFrame) -> str:

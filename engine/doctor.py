@@ -155,8 +155,10 @@ def auto_choices(cuda: bool, cuml_ok: bool) -> dict[str, Any]:
     except Exception:  # noqa: BLE001 -- the cluster stage missing or broken: same rule as engine.hardware
         cluster_cuml = cuml_ok
     out["cluster"] = {
+        # the default cluster space runs on the CPU everywhere; the backend picks --cluster-space graph's
+        "method": "node embedding of the kNN graph + cluster layers (EVoC stages, CPU)",
         "backend": "cuml" if cluster_cuml else "cpu",
-        "cpu_library": "engine graph HDBSCAN on the kNN graph (Boruvka MST)",
+        "graph_space": "cuML HDBSCAN" if cluster_cuml else "HDBSCAN* on the kNN graph (Boruvka MST)",
     }
     try:
         import numpy as np
@@ -278,9 +280,8 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(f"  embedded Milvus  {graph.get('milvus')}")
     lines.append(f"  Milvus index     {graph.get('index')}")
     cl = auto.get("cluster", {})
-    lines.append(
-        f"  HDBSCAN          {cl.get('backend')} ({cl.get('cpu_library') if cl.get('backend') == 'cpu' else 'cuML'})"
-    )
+    lines.append(f"  clustering       {cl.get('method')}")
+    lines.append(f"  --cluster-space graph  {cl.get('graph_space')}")
     lines.append(f"  UMAP             {auto.get('umap', {}).get('backend')}")
     lines.append("")
     lines.append(f"({report.get('seconds')} s)")

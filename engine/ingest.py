@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
+from engine.atomic import atomic_output, read_input, write_text
 from engine.errors import EngineError
 
 _DONE = object()
@@ -88,11 +89,10 @@ def load_fingerprints(path: Path) -> tuple[np.ndarray, np.ndarray] | None:
 
 
 def save_fingerprints(path: Path, ids: np.ndarray, fps: np.ndarray) -> None:
-    tmp = path.with_name(path.name + ".tmp.npz")
-    np.savez(tmp, ids=ids, fingerprints=fps)
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    with atomic_output(path) as tmp:
+        np.savez(tmp, ids=ids, fingerprints=fps)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
 
 
 def _reconcile(
@@ -191,11 +191,10 @@ class VectorFile:
         self.n, self.dim = int(n), int(dim)
         if create:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = self.path.with_name(self.path.name + ".tmp")
-            mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(self.n, self.dim))
-            self.offset = int(mm.offset)
-            del mm
-            os.replace(tmp, self.path)
+            with atomic_output(self.path) as tmp:
+                mm = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(self.n, self.dim))
+                self.offset = int(mm.offset)
+                del mm
         else:
             mm = np.load(self.path, mmap_mode="r")
             self.offset = int(mm.offset)
@@ -316,13 +315,16 @@ def meta_path(vectors_path: str | Path) -> Path:
 
 def read_meta(vectors_path: str | Path) -> dict:
     path = meta_path(vectors_path)
-    return json.loads(path.read_text()) if path.exists() else {}
+    try:
+        return json.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
+    except (OSError, ValueError):
+        return {"complete": False}  # unreadable: treated as an interrupted embed, which resumes
 
 
 def _write_meta(vectors_path: Path, model: str, dim: int, n: int, complete: bool) -> None:
     """``complete`` flips to true only after ingest returns, so later stages refuse a half-embedded run."""
     meta = {"model": model, "dim": dim, "n": n, "complete": complete}
-    meta_path(vectors_path).write_text(json.dumps(meta))
+    write_text(meta_path(vectors_path), json.dumps(meta))
 
 
 def check_model(vectors_path: str | Path, model: str, restart: bool = False) -> None:
@@ -337,7 +339,11 @@ def check_model(vectors_path: str | Path, model: str, restart: bool = False) -> 
 
 def load_vectors(vectors_path: str | Path, n: int) -> np.ndarray:
     """The embeddings as a read-only memory map, corpus order, once ingest of all ``n`` finished."""
-    vectors = np.load(vectors_path, mmap_mode="r")
+    vectors = read_input(
+        vectors_path,
+        lambda p: np.load(p, mmap_mode="r"),
+        f"engine embed CORPUS --out {Path(vectors_path).parent}",
+    )
     if len(vectors) != n:
         raise EngineError(
             f"{vectors_path} holds {len(vectors)} vectors but the corpus has {n} documents: "

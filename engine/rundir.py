@@ -14,10 +14,12 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
+from engine.atomic import read_input
 from engine.config import RUN_CONFIG_NAME
 from engine.errors import EngineError
 
@@ -27,6 +29,7 @@ except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
 log = logging.getLogger("engine")
+T = TypeVar("T")
 
 LOCK_NAME = ".engine.lock"
 
@@ -207,3 +210,8 @@ class RunPaths:
         if not path.exists():
             raise EngineError(f"{path} not found: run `engine {stage} --out {self.root}` first")
         return path
+
+    def read(self, path: Path, stage: str, reader: Callable[[Path], T]) -> T:
+        """``reader(path)``; a missing, truncated or corrupt file is one line naming the command that
+        rebuilds it (``engine {stage} --out DIR``)."""
+        return read_input(path, reader, f"engine {stage} --out {self.root}")

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from engine.atomic import atomic_output, write_text
 from engine.errors import EngineError
 from engine.rundir import RunPaths
 
@@ -66,8 +67,9 @@ def read_corpus(settings: Any, paths: RunPaths) -> CorpusData:
     )
     paths.root.mkdir(parents=True, exist_ok=True)
     frame = parquet_safe(corpus.frame)
-    frame.to_parquet(paths.corpus, index=False)
-    paths.corpus_stats.write_text(json.dumps(corpus.stats, indent=2))
+    with atomic_output(paths.corpus) as tmp:
+        frame.to_parquet(tmp, index=False)
+    write_text(paths.corpus_stats, json.dumps(corpus.stats, indent=2))
     stats = corpus.stats
     log.info(
         "corpus: %d documents (%d rows read, %d empty texts %s, %d duplicate texts %s)",
@@ -83,9 +85,13 @@ def read_corpus(settings: Any, paths: RunPaths) -> CorpusData:
 
 def load_corpus_data(paths: RunPaths) -> CorpusData:
     """What :func:`read_corpus` saved."""
-    frame = pd.read_parquet(paths.require(paths.corpus, "embed CORPUS"))
-    stats = json.loads(paths.corpus_stats.read_text()) if paths.corpus_stats.exists() else {}
+    frame = paths.read(paths.corpus, "embed CORPUS", pd.read_parquet)
+    stats = paths.read(paths.corpus_stats, "embed CORPUS", _read_json) if paths.corpus_stats.exists() else {}
     return CorpusData(frame, stats)
+
+
+def _read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def check_k(k: int, n_documents: int) -> None:
@@ -325,9 +331,10 @@ def build_graph(
 
 def load_graph(paths: RunPaths) -> Any:
     from engine.graph import KnnGraph
+    from engine.graph.knn import ARRAYS_FILE
 
     paths.require(paths.knn_graph, "graph")
-    return KnnGraph.load(paths.root)
+    return paths.read(paths.root / ARRAYS_FILE, "graph", lambda _: KnnGraph.load(paths.root))
 
 
 # ---------------------------------------------------------------------------------------- cluster
@@ -384,10 +391,12 @@ def cluster(
 
 def save_clusters(result: Any, paths: RunPaths) -> None:
     if result.embedding is not None:
-        np.save(paths.cluster_embedding, result.embedding)
+        with atomic_output(paths.cluster_embedding) as tmp:
+            np.save(tmp, result.embedding)
     else:
         paths.cluster_embedding.unlink(missing_ok=True)
-    np.savez(paths.clusters_npz, **cluster_arrays(result))
+    with atomic_output(paths.clusters_npz) as tmp:
+        np.savez(tmp, **cluster_arrays(result))
 
 
 def cluster_arrays(result: Any) -> dict[str, np.ndarray]:
@@ -409,8 +418,11 @@ def cluster_arrays(result: Any) -> dict[str, np.ndarray]:
 
 
 def load_clusters(paths: RunPaths) -> dict[str, np.ndarray]:
-    with np.load(paths.require(paths.clusters_npz, "cluster")) as data:
-        return {key: data[key] for key in data.files}
+    def read(path: Path) -> dict[str, np.ndarray]:
+        with np.load(path) as data:
+            return {key: data[key] for key in data.files}
+
+    return paths.read(paths.clusters_npz, "cluster", read)
 
 
 # ----------------------------------------------------------------------------------------- layout
@@ -432,7 +444,7 @@ def layout(
     if use_embedding:
         if paths is None:
             raise EngineError("--map-method embedding needs the cluster stage's embedding (a run directory)")
-        emb = np.load(paths.require(paths.cluster_embedding, "cluster"))
+        emb = paths.read(paths.cluster_embedding, "cluster", np.load)
         if len(emb) != graph.n:
             raise EngineError("cluster_embedding.npy does not match the graph: re-run `engine cluster`")
         coords = layout_from_embedding(graph, emb, random_state=seed)
@@ -449,12 +461,13 @@ def layout(
         )
         detail = "UMAP of the graph"
     if paths is not None:
-        np.save(paths.coords, coords)
+        with atomic_output(paths.coords) as tmp:
+            np.save(tmp, coords)
     return coords, detail
 
 
 def load_coords(paths: RunPaths) -> np.ndarray:
-    return np.load(paths.require(paths.coords, "map"))
+    return paths.read(paths.coords, "map", np.load)
 
 
 # ----------------------------------------------------------------------------------------- report
@@ -509,7 +522,8 @@ def report(
         clusters, named = _zero_shot(clusters, vectors, settings, encoder)
     labels = label_frame(corpus, clusters, coords)
     output = with_source_columns(labels, corpus.frame, corpus.stats)
-    output.to_parquet(paths.labels, index=False)
+    with atomic_output(paths.labels) as tmp:
+        output.to_parquet(tmp, index=False)
     layers = clusters.get("layers")
     options = keyword_options(settings, vectors, encoder)
     if layers is not None:
@@ -665,7 +679,7 @@ def keyword_options(settings: Any, vectors: np.ndarray, encoder: Any = None) -> 
 def _over_time(labels: np.ndarray, times: pd.Series, settings: Any) -> dict:
     from engine.timeline import topics_over_time
 
-    result = topics_over_time(labels, times, settings.time_column)
+    result = topics_over_time(labels, times, settings.time_column, settings.time_period)
     log.info(
         "report: topics over time by %s, %d periods of a %s",
         settings.time_column,
@@ -697,7 +711,7 @@ def stored_label_columns(paths: RunPaths) -> list[str] | None:
 
 
 def load_labels(paths: RunPaths) -> pd.DataFrame:
-    return pd.read_parquet(paths.require(paths.labels, "report"))
+    return paths.read(paths.labels, "report", pd.read_parquet)
 
 
 # ----------------------------------------------------------------------------------------- labels
@@ -747,7 +761,7 @@ def store_labels(
             ids, vectors, frame["text"].tolist(), fields, progress=bar.update, replace=bool(stale)
         )
     store.flush()
-    paths.labels_stored.write_text(json.dumps({"columns": columns, "rows": n}))
+    write_text(paths.labels_stored, json.dumps({"columns": columns, "rows": n}))
     log.info("labels: %s written to %d Milvus rows (filter e.g. 'cluster == 3')", ", ".join(columns), n)
     return n, columns
 

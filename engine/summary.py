@@ -9,6 +9,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from engine.atomic import write_text
+
 
 @dataclass
 class RunSummary:
@@ -96,7 +98,7 @@ class RunSummary:
             path = getattr(paths, name)
             if path.exists():
                 self.outputs[path.name] = str(path)
-        paths.summary.write_text(json.dumps(self.to_dict(), indent=2))
+        write_text(paths.summary, json.dumps(self.to_dict(), indent=2))
         self.outputs["summary"] = str(paths.summary)
 
     def format(self) -> str:

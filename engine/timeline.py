@@ -1,7 +1,8 @@
 """Topics over time: per-cluster document counts per period (as BERTopic's ``topics_over_time``).
 
-The period is chosen from the span of the dates: up to 62 days -> day, up to 2 years -> week,
-longer -> month. The span is measured between the 1st and 99th percentile, and periods cover
+The period is chosen from the span of the dates: the finest of day, week, month, quarter and
+year that gives at most ``MAX_PERIODS`` periods (a week of news -> days, a decade -> months,
+a century -> years); ``--time-period`` overrides it. The span is measured between the 1st and 99th percentile, and periods cover
 that range only, so a few stray dates (a 2014 article in a 2024 feed) neither force monthly bins
 nor add a decade of empty periods; documents outside are counted as ``before`` / ``after``, and
 values that are not dates as ``missing``.
@@ -14,7 +15,10 @@ import pandas as pd
 
 from engine.errors import EngineError
 
-PERIODS = {"day": "D", "week": "W-MON", "month": "M"}
+#: period name -> pandas Period frequency (weeks run Monday to Sunday)
+PERIODS = {"day": "D", "week": "W-SUN", "month": "M", "quarter": "Q", "year": "Y"}
+#: The automatic period gives at most this many periods (a chart of 100k points is unreadable).
+MAX_PERIODS = 200
 
 
 def parse_times(values: pd.Series, column: str) -> pd.Series:
@@ -32,12 +36,25 @@ def parse_times(values: pd.Series, column: str) -> pd.Series:
     return times
 
 
-def choose_period(times: pd.Series) -> str:
-    """day / week / month from the 1st-99th percentile span of the dates."""
+def _span(times: pd.Series) -> tuple[pd.Timestamp, pd.Timestamp]:
+    """The 1st and 99th percentile of the valid dates, as naive UTC timestamps."""
     valid = times.dropna()
     lo, hi = valid.quantile(0.01, interpolation="lower"), valid.quantile(0.99, interpolation="higher")
-    days = (hi - lo).total_seconds() / 86400
-    return "day" if days <= 62 else "week" if days <= 730 else "month"
+    return tuple(pd.Timestamp(t).tz_convert("UTC").tz_localize(None) for t in (lo, hi))  # type: ignore[return-value]
+
+
+def n_periods(lo: pd.Timestamp, hi: pd.Timestamp, period: str) -> int:
+    """How many periods of ``period`` cover lo..hi (arithmetic on ordinals: no range is built)."""
+    return int(hi.to_period(PERIODS[period]).ordinal - lo.to_period(PERIODS[period]).ordinal) + 1
+
+
+def choose_period(times: pd.Series) -> str:
+    """The finest period giving at most MAX_PERIODS periods over the 1st-99th percentile span."""
+    lo, hi = _span(times)
+    for period in PERIODS:
+        if n_periods(lo, hi, period) <= MAX_PERIODS:
+            return period
+    return "year"
 
 
 def topics_over_time(labels: np.ndarray, times: pd.Series, column: str, period: str = "auto") -> dict:
@@ -45,13 +62,10 @@ def topics_over_time(labels: np.ndarray, times: pd.Series, column: str, period: 
     if period == "auto":
         period = choose_period(times)
     if period not in PERIODS:
-        raise EngineError(f"time period must be auto, {', '.join(PERIODS)}; got {period!r}")
+        raise EngineError(f"--time-period must be auto, {', '.join(PERIODS)}; got {period!r}")
     valid = times.notna().to_numpy()
-    valid_times = times.dropna()
-    lo = valid_times.quantile(0.01, interpolation="lower")
-    hi = valid_times.quantile(0.99, interpolation="higher")
     naive = times.dt.tz_convert("UTC").dt.tz_localize(None)
-    lo_p, hi_p = (pd.Timestamp(t).tz_convert("UTC").tz_localize(None) for t in (lo, hi))
+    lo_p, hi_p = _span(times)
     start = lo_p.to_period(PERIODS[period]).start_time
     end = hi_p.to_period(PERIODS[period]).end_time
     inside = valid & (naive >= start).to_numpy() & (naive <= end).to_numpy()

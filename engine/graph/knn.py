@@ -14,6 +14,7 @@ from typing import Any
 import numpy as np
 import scipy.sparse as sp
 
+from engine.atomic import atomic_output
 from engine.errors import EngineError
 
 GRAPH_FILE = "knn_graph.npz"
@@ -131,13 +132,15 @@ class KnnGraph:
         os.makedirs(directory, exist_ok=True)
         gpath = os.path.join(directory, GRAPH_FILE)
         apath = os.path.join(directory, ARRAYS_FILE)
-        sp.save_npz(gpath, self.to_csr(), compressed=False)
-        np.savez(
-            apath,
-            indices=self.indices,
-            distances=self.distances,
-            meta=np.array(json.dumps(self.meta, default=str)),
-        )
+        with atomic_output(gpath) as tmp:
+            sp.save_npz(tmp, self.to_csr(), compressed=False)
+        with atomic_output(apath) as tmp:
+            np.savez(
+                tmp,
+                indices=self.indices,
+                distances=self.distances,
+                meta=np.array(json.dumps(self.meta, default=str)),
+            )
         return gpath, apath
 
     @classmethod

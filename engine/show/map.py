@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from engine.atomic import atomic_output
 from engine.errors import EngineError
 
 NOISE_COLOR = "#b0b0b0"
@@ -367,7 +368,8 @@ def _write_html(
     fig.update_layout(**layout)
     path = os.fspath(html_path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.write_html(path, include_plotlyjs=True, full_html=True, config={"scrollZoom": True})
+    with atomic_output(path) as tmp:
+        fig.write_html(tmp, include_plotlyjs=True, full_html=True, config={"scrollZoom": True})
     return path
 
 
@@ -507,7 +509,8 @@ def _write_layered_html(
     )
     path = os.fspath(html_path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.write_html(path, include_plotlyjs=True, full_html=True, config={"scrollZoom": True})
+    with atomic_output(path) as tmp:
+        fig.write_html(tmp, include_plotlyjs=True, full_html=True, config={"scrollZoom": True})
     return path
 
 
@@ -545,7 +548,8 @@ def _write_png(
     _png_names(ax, canvas, xs, ys, labels, [(c, names.get(c) or str(c)) for c, _ in order[:30]])
     path = os.fspath(png_path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fig.savefig(path, format="png")
+    with atomic_output(path) as tmp:
+        fig.savefig(tmp, format="png")
     return path
 
 

@@ -14,6 +14,8 @@ from typing import Any
 
 import pandas as pd
 
+from engine.atomic import write_text
+
 
 @dataclass
 class ClusterReport:
@@ -106,12 +108,10 @@ class ClusterReport:
         out = os.fspath(out_dir)
         os.makedirs(out, exist_ok=True)
         json_path = os.path.join(out, "clusters.json")
-        with open(json_path, "w", encoding="utf-8") as fh:
-            json.dump(self.to_dict(), fh, ensure_ascii=False, indent=2)
+        write_text(json_path, json.dumps(self.to_dict(), ensure_ascii=False, indent=2))
         html_path = os.path.join(out, "report.html")
         has_map = os.path.exists(os.path.join(out, "map.html"))
-        with open(html_path, "w", encoding="utf-8") as fh:
-            fh.write(render_html(self, title=title, map_href="map.html" if has_map else None))
+        write_text(html_path, render_html(self, title=title, map_href="map.html" if has_map else None))
         return {"json": json_path, "html": html_path}
 
 
