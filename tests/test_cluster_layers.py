@@ -104,7 +104,26 @@ def test_same_seed_same_labels_and_n_clusters(ag_graph):
     assert assigned.noise_before == pytest.approx(a.noise_fraction)
     assert np.array_equal(assigned.assigned, a.labels < 0)
     kept = a.labels >= 0
-    assert np.array_equal(assigned.labels[kept], a.labels[kept])
+    # documents that had a cluster keep their cluster-mates; ids are renumbered by size (0 = largest)
+    pairs = np.unique(np.stack([a.labels[kept], assigned.labels[kept]]), axis=1)
+    assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+    sizes = np.bincount(assigned.labels)
+    assert np.all(np.diff(sizes) <= 0)
+
+
+def test_consensus_gives_a_stability_per_document_and_one_run_has_none(ag_graph):
+    vectors, _, graph = ag_graph
+    many = cluster_embedding_space(graph, vectors=vectors, seed=3, consensus_runs=4)
+    assert many.stability is not None and many.stability.shape == many.labels.shape
+    assert many.stability.min() >= 0.0 and many.stability.max() <= 1.0
+    assert "consensus of 4 runs" in many.layers.rule
+    # consensus layers are nested: every finer cluster lies inside one coarser cluster
+    for fine, coarse in zip(many.layers.labels[:-1], many.layers.labels[1:], strict=True):
+        m = fine >= 0
+        pairs = np.unique(np.stack([fine[m], coarse[m]]), axis=1)
+        assert len(np.unique(pairs[0])) == pairs.shape[1]
+    one = cluster_embedding_space(graph, vectors=vectors, seed=3, consensus_runs=1)
+    assert one.stability is None and "consensus" not in one.layers.rule
 
 
 def test_embedding_space_tiny_and_disconnected_graphs():
