@@ -27,6 +27,8 @@ from engine.rundir import RunPaths
 
 log = logging.getLogger("engine")
 
+#: Fewest documents a run takes: each needs a neighbour (up to 4 documents make one all-noise layer).
+MIN_DOCUMENTS = 2
 #: Scalar field on every stored row: 0 for the run's corpus, 1 for documents added by `engine assign --store`.
 ASSIGNED_FIELD = "assigned"
 
@@ -90,10 +92,15 @@ def load_corpus_data(paths: RunPaths) -> CorpusData:
 
 def check_k(k: int, n_documents: int) -> None:
     """The graph needs ``k`` other documents per document (checked before the model loads)."""
+    if n_documents < MIN_DOCUMENTS:
+        raise EngineError(
+            f"the corpus has {n_documents} document{'' if n_documents == 1 else 's'} (after dropping empty "
+            f"texts): a kNN graph and clusters need at least {MIN_DOCUMENTS}"
+        )
     if k >= n_documents:
         raise EngineError(
             f"--k ({k}) must be smaller than the number of documents ({n_documents}): pass --k "
-            f"{max(1, n_documents - 1)} or less"
+            f"{max(1, n_documents - 1)} or less (and --min-samples no larger)"
         )
 
 

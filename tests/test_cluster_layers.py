@@ -136,3 +136,22 @@ def test_embedding_space_tiny_and_disconnected_graphs():
     assert result.labels.shape == (80,)
     tiny = KnnGraph(np.array([[1], [0]]), np.array([[0.1], [0.1]], np.float32))
     assert cluster_embedding_space(tiny, seed=0).labels.shape == (2,)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_two_or_three_documents_are_all_noise_not_a_traceback(n):
+    # issue 20 defect 6: a 4-d node embedding of a 2-node graph raised inside EVoC's PCA start
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    result = cluster_embedding_space(exact_knn(x, n - 1), vectors=x, seed=42)
+    assert result.labels.tolist() == [-1] * n
+    assert "too few documents" in result.layers.rule
+
+
+def test_one_document_is_one_clear_error():
+    from engine.errors import EngineError
+    from engine.stages import check_k
+
+    with pytest.raises(EngineError, match="the corpus has 1 document .*at least 2"):
+        check_k(30, 1)

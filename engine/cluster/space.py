@@ -20,6 +20,9 @@ from engine.cluster.noise import assign_noise
 from engine.errors import EngineError
 
 SPACES = ("embedding", "graph")
+#: Fewer documents than this cannot be embedded in the node embedding's few dimensions (measured: 2 and 3
+#: documents raised in its PCA start, 4 worked); such corpora are all noise.
+MIN_EMBED_DOCUMENTS = 4
 #: PCA base case of the initialisation only needs a sketch of the vectors past this many values.
 _SKETCH_VALUES = 50_000_000
 
@@ -64,6 +67,14 @@ def cluster_embedding_space(
         raise EngineError(f"consensus_runs must be >= 1, got {consensus_runs}")
     if not np.any(np.asarray(graph.distances) > 0):
         return _no_structure(n, seed, time.perf_counter() - t0)
+    if n < max(min_cluster_size, MIN_EMBED_DOCUMENTS):
+        # No cluster of min_cluster_size fits (and a few-d embedding of 2-3 nodes is undefined): all noise.
+        return _no_structure(
+            n,
+            seed,
+            time.perf_counter() - t0,
+            rule=f"too few documents ({n}) for a cluster of --min-cluster-size {min_cluster_size}",
+        )
     init_vectors = _init_vectors(vectors)
     fuzzy = fuzzy_graph(graph, n_neighbors)
     n_runs = 1 if n_clusters is not None else consensus_runs
@@ -132,7 +143,12 @@ def cluster_embedding_space(
     return result
 
 
-def _no_structure(n: int, seed: int | None, seconds: float) -> ClusterResult:
+def _no_structure(
+    n: int,
+    seed: int | None,
+    seconds: float,
+    rule: str = "no structure: every graph neighbour is an exact duplicate",
+) -> ClusterResult:
     """Every neighbour is an exact duplicate: no density to embed, so no clusters (as HDBSCAN* on the graph).
 
     A layout of identical points would split them arbitrarily; one all-noise layer is the honest answer,
@@ -146,7 +162,7 @@ def _no_structure(n: int, seed: int | None, seconds: float) -> ClusterResult:
         persistence=[0.0],
         parents=[np.full(0, -1, dtype=np.int64)],
         primary=0,
-        rule="no structure: every graph neighbour is an exact duplicate",
+        rule=rule,
     )
     result = ClusterResult(
         labels=labels,
