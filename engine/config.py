@@ -252,7 +252,16 @@ class ClusterSettings(Section):
         "embedding (default): a few-dimensional node embedding of the kNN graph, clustered in layers (a topic "
         "tree); graph: HDBSCAN* directly on the raw kNN graph (one layer)",
     )
-    n_clusters: OptInt = opt(None, "primary layer of about N clusters (default: chosen by persistence)", ge=1)
+    n_clusters: OptInt = opt(
+        None, "primary layer of about N clusters (one run; default: the consensus of --consensus-runs)", ge=1
+    )
+    consensus_runs: Int = opt(
+        16,
+        "node-embedding runs that vote on the clusters (default 16: the same topics whatever the seed; "
+        "1: a single run, faster and seed-dependent)",
+        ge=1,
+        le=256,
+    )
     assign_noise: bool = opt(
         False,
         "give each noise document the cluster most of its graph neighbours hold (labels.parquet column "

@@ -28,6 +28,8 @@ from engine.rundir import RunPaths
 
 log = logging.getLogger("engine")
 
+#: Fewest documents a run takes: each needs a neighbour (up to 4 documents make one all-noise layer).
+MIN_DOCUMENTS = 2
 #: Scalar field on every stored row: 0 for the run's corpus, 1 for documents added by `engine assign --store`.
 ASSIGNED_FIELD = "assigned"
 
@@ -96,10 +98,15 @@ def _read_json(path: Path) -> Any:
 
 def check_k(k: int, n_documents: int) -> None:
     """The graph needs ``k`` other documents per document (checked before the model loads)."""
+    if n_documents < MIN_DOCUMENTS:
+        raise EngineError(
+            f"the corpus has {n_documents} document{'' if n_documents == 1 else 's'} (after dropping empty "
+            f"texts): a kNN graph and clusters need at least {MIN_DOCUMENTS}"
+        )
     if k >= n_documents:
         raise EngineError(
             f"--k ({k}) must be smaller than the number of documents ({n_documents}): pass --k "
-            f"{max(1, n_documents - 1)} or less"
+            f"{max(1, n_documents - 1)} or less (and --min-samples no larger)"
         )
 
 
@@ -348,6 +355,7 @@ def cluster(
     ``clusters.npz`` (and ``cluster_embedding.npy``, which the layout stage starts from).
     """
     from engine.cluster import cluster_graph
+    from engine.cluster.layers import relabel_by_size
     from engine.cluster.noise import assign_noise
     from engine.cluster.space import cluster_embedding_space
 
@@ -365,6 +373,7 @@ def cluster(
         result.noise_before = result.noise_fraction
         if settings.assign_noise:
             result.labels, result.assigned = assign_noise(result.labels, graph.indices, graph.distances)
+            result.labels = relabel_by_size(result.labels)  # ids stay ordered by size (0 = largest)
         result.detail = f"HDBSCAN* on the kNN graph ({result.backend})"
     else:
         result = cluster_embedding_space(
@@ -375,6 +384,7 @@ def cluster(
             assign=settings.assign_noise,
             seed=seed,
             vectors=get_vectors(),
+            consensus_runs=settings.consensus_runs,
         )
         layers = result.layers
         result.detail = (
@@ -382,6 +392,8 @@ def cluster(
             f"({', '.join(str(layers.n_clusters(i)) for i in range(layers.n_layers))} clusters); "
             f"primary layer {layers.primary}: {layers.rule}"
         )
+        if result.stability is not None:
+            result.detail += f"; mean document stability {float(np.mean(result.stability)):.2f}"
     if not settings.assign_noise:
         result.assigned = None  # labels.parquet has an `assigned` column only when --assign-noise ran
     if paths is not None:
@@ -409,6 +421,8 @@ def cluster_arrays(result: Any) -> dict[str, np.ndarray]:
     }
     if result.assigned is not None:
         out["assigned"] = result.assigned
+    if getattr(result, "stability", None) is not None:
+        out["stability"] = np.asarray(result.stability, dtype=np.float32)
     if result.layers is not None:
         out["layers"] = np.stack(result.layers.labels).astype(np.int32)
         out["layer_strengths"] = np.stack(result.layers.strengths).astype(np.float32)
@@ -473,7 +487,8 @@ def load_coords(paths: RunPaths) -> np.ndarray:
 # ----------------------------------------------------------------------------------------- report
 def label_frame(corpus: CorpusData, clusters: dict[str, np.ndarray], coords: np.ndarray) -> pd.DataFrame:
     """The engine's columns of labels.parquet: id, text, cluster, probability, outlier_score, x, y,
-    ``layer_N`` and ``assigned`` (when --assign-noise labelled some documents)."""
+    ``layer_N``, ``assigned`` (when --assign-noise labelled some documents) and ``stability`` (the
+    share of the consensus runs agreeing with the document's cluster)."""
     frame = corpus.frame
     if len(clusters["labels"]) != len(frame) or len(coords) != len(frame):
         raise EngineError(
@@ -492,6 +507,8 @@ def label_frame(corpus: CorpusData, clusters: dict[str, np.ndarray], coords: np.
         columns[f"layer_{i}"] = layer.astype(np.int64)
     if "assigned" in clusters:
         columns["assigned"] = clusters["assigned"].astype(bool)
+    if "stability" in clusters:
+        columns["stability"] = clusters["stability"].astype(np.float32)
     return pd.DataFrame(columns)
 
 

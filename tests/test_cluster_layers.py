@@ -104,7 +104,26 @@ def test_same_seed_same_labels_and_n_clusters(ag_graph):
     assert assigned.noise_before == pytest.approx(a.noise_fraction)
     assert np.array_equal(assigned.assigned, a.labels < 0)
     kept = a.labels >= 0
-    assert np.array_equal(assigned.labels[kept], a.labels[kept])
+    # documents that had a cluster keep their cluster-mates; ids are renumbered by size (0 = largest)
+    pairs = np.unique(np.stack([a.labels[kept], assigned.labels[kept]]), axis=1)
+    assert len(np.unique(pairs[0])) == len(np.unique(pairs[1])) == pairs.shape[1]
+    sizes = np.bincount(assigned.labels)
+    assert np.all(np.diff(sizes) <= 0)
+
+
+def test_consensus_gives_a_stability_per_document_and_one_run_has_none(ag_graph):
+    vectors, _, graph = ag_graph
+    many = cluster_embedding_space(graph, vectors=vectors, seed=3, consensus_runs=4)
+    assert many.stability is not None and many.stability.shape == many.labels.shape
+    assert many.stability.min() >= 0.0 and many.stability.max() <= 1.0
+    assert "consensus of 4 runs" in many.layers.rule
+    # consensus layers are nested: every finer cluster lies inside one coarser cluster
+    for fine, coarse in zip(many.layers.labels[:-1], many.layers.labels[1:], strict=True):
+        m = fine >= 0
+        pairs = np.unique(np.stack([fine[m], coarse[m]]), axis=1)
+        assert len(np.unique(pairs[0])) == pairs.shape[1]
+    one = cluster_embedding_space(graph, vectors=vectors, seed=3, consensus_runs=1)
+    assert one.stability is None and "consensus" not in one.layers.rule
 
 
 def test_embedding_space_tiny_and_disconnected_graphs():
@@ -117,3 +136,22 @@ def test_embedding_space_tiny_and_disconnected_graphs():
     assert result.labels.shape == (80,)
     tiny = KnnGraph(np.array([[1], [0]]), np.array([[0.1], [0.1]], np.float32))
     assert cluster_embedding_space(tiny, seed=0).labels.shape == (2,)
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_two_or_three_documents_are_all_noise_not_a_traceback(n):
+    # issue 20 defect 6: a 4-d node embedding of a 2-node graph raised inside EVoC's PCA start
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(n, 8)).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    result = cluster_embedding_space(exact_knn(x, n - 1), vectors=x, seed=42)
+    assert result.labels.tolist() == [-1] * n
+    assert "too few documents" in result.layers.rule
+
+
+def test_one_document_is_one_clear_error():
+    from engine.errors import EngineError
+    from engine.stages import check_k
+
+    with pytest.raises(EngineError, match="the corpus has 1 document .*at least 2"):
+        check_k(30, 1)

@@ -48,6 +48,8 @@ class ClusterResult:
     embedding: np.ndarray | None = None
     assigned: np.ndarray | None = None
     noise_before: float | None = None
+    # consensus of several runs only: per document, the share of runs agreeing with its cluster
+    stability: np.ndarray | None = None
     detail: str = ""  # one line for the run summary (set by engine.stages.cluster)
 
     @property

@@ -12,13 +12,17 @@ from typing import Any
 
 import numpy as np
 
-from engine.cluster.embedding import DEFAULT_N_NEIGHBORS, DEFAULT_NOISE_LEVEL, embed_graph
+from engine.cluster.consensus import DEFAULT_RUNS, consensus_layers, run_seeds
+from engine.cluster.embedding import DEFAULT_N_NEIGHBORS, DEFAULT_NOISE_LEVEL, embed_graph, fuzzy_graph
 from engine.cluster.graph_hdbscan import ClusterResult
-from engine.cluster.layers import ClusterLayers, build_layers
+from engine.cluster.layers import ClusterLayers, build_layers, parent_links, relabel_by_size
 from engine.cluster.noise import assign_noise
 from engine.errors import EngineError
 
 SPACES = ("embedding", "graph")
+#: Fewer documents than this cannot be embedded in the node embedding's few dimensions (measured: 2 and 3
+#: documents raised in its PCA start, 4 worked); such corpora are all noise.
+MIN_EMBED_DOCUMENTS = 4
 #: PCA base case of the initialisation only needs a sketch of the vectors past this many values.
 _SKETCH_VALUES = 50_000_000
 
@@ -45,32 +49,62 @@ def cluster_embedding_space(
     n_neighbors: int = DEFAULT_N_NEIGHBORS,
     n_components: int | None = None,
     noise_level: float = DEFAULT_NOISE_LEVEL,
+    consensus_runs: int = DEFAULT_RUNS,
 ) -> ClusterResult:
-    """Node embedding of ``graph`` (a KnnGraph), EVoC-style layers on it, primary layer by rule."""
+    """Node embedding of ``graph`` (a KnnGraph), EVoC-style layers on it, primary layer by rule.
+
+    ``consensus_runs`` > 1 (default): that many seeded runs vote and the layers are their consensus
+    (engine.cluster.consensus: stable across seeds and subsamples, with a per-document stability);
+    1, or ``n_clusters``: one run, primary by persistence or closest to ``n_clusters``.
+    """
     if min_cluster_size < 2:
         raise EngineError(f"min_cluster_size must be >= 2, got {min_cluster_size}")
     if n_clusters is not None and n_clusters < 1:
         raise EngineError(f"n_clusters must be >= 1, got {n_clusters}")
     t0 = time.perf_counter()
     n = int(np.asarray(graph.indices).shape[0])
+    if consensus_runs < 1:
+        raise EngineError(f"consensus_runs must be >= 1, got {consensus_runs}")
     if not np.any(np.asarray(graph.distances) > 0):
         return _no_structure(n, seed, time.perf_counter() - t0)
-    emb = embed_graph(
-        graph,
-        n_components=n_components,
-        n_neighbors=n_neighbors,
-        noise_level=noise_level,
-        seed=seed,
-        vectors=_init_vectors(vectors),
-    )
+    if n < max(min_cluster_size, MIN_EMBED_DOCUMENTS):
+        # No cluster of min_cluster_size fits (and a few-d embedding of 2-3 nodes is undefined): all noise.
+        return _no_structure(
+            n,
+            seed,
+            time.perf_counter() - t0,
+            rule=f"too few documents ({n}) for a cluster of --min-cluster-size {min_cluster_size}",
+        )
+    init_vectors = _init_vectors(vectors)
+    fuzzy = fuzzy_graph(graph, n_neighbors)
+    n_runs = 1 if n_clusters is not None else consensus_runs
+    run_layers: list[ClusterLayers] = []
+    emb = None
+    for run_seed in run_seeds(seed, n_runs):
+        run_emb = embed_graph(
+            graph,
+            n_components=n_components,
+            n_neighbors=n_neighbors,
+            noise_level=noise_level,
+            seed=run_seed,
+            vectors=init_vectors,
+            fuzzy=fuzzy,
+        )
+        emb = emb or run_emb  # the map starts from the first run's (the seed's own) embedding
+        run_layers.append(
+            build_layers(
+                run_emb.embedding,
+                min_cluster_size=min_cluster_size,
+                min_samples=min_samples if min_samples is not None else min_cluster_size,
+                n_clusters=n_clusters,
+                seed=run_seed,
+            )
+        )
     t1 = time.perf_counter()
-    layers = build_layers(
-        emb.embedding,
-        min_cluster_size=min_cluster_size,
-        min_samples=min_samples if min_samples is not None else min_cluster_size,
-        n_clusters=n_clusters,
-        seed=seed,
-    )
+    if n_runs == 1:
+        layers = run_layers[0]
+    else:
+        layers = consensus_layers(np.asarray(graph.indices), [r.labels for r in run_layers], min_cluster_size)
     t2 = time.perf_counter()
     labels = layers.labels[layers.primary]
     strengths = layers.strengths[layers.primary]
@@ -81,12 +115,10 @@ def cluster_embedding_space(
         new_layers = []
         for i, lab in enumerate(layers.labels):
             new, mask = assign_noise(lab, g_idx, g_dist, space=emb.embedding)
-            new_layers.append(new)
+            new_layers.append(relabel_by_size(new))  # ids stay ordered by size (0 = largest)
             if i == layers.primary:
                 assigned = mask
         layers.labels = new_layers
-        from engine.cluster.layers import parent_links
-
         layers.parents = [parent_links(new_layers[i], new_layers[i + 1]) for i in range(len(new_layers) - 1)]
         layers.parents.append(np.full(int(new_layers[-1].max()) + 1, -1, dtype=np.int64))
         labels = new_layers[layers.primary]
@@ -100,8 +132,10 @@ def cluster_embedding_space(
         backend="cpu",
         n_clusters=int(labels.max()) + 1 if labels.size else 0,
         seconds=t3 - t0,
-        timings={**emb.seconds, "layers": t2 - t1, "assign_noise": t3 - t2},
+        timings={"runs": t1 - t0, "consensus": t2 - t1, "assign_noise": t3 - t2},
     )
+    # per-document stability (share of runs agreeing with the consensus); None for a single run
+    result.stability = layers.strengths[layers.primary] if n_runs > 1 else None
     result.layers = layers
     result.embedding = emb.embedding
     result.assigned = assigned
@@ -109,7 +143,12 @@ def cluster_embedding_space(
     return result
 
 
-def _no_structure(n: int, seed: int | None, seconds: float) -> ClusterResult:
+def _no_structure(
+    n: int,
+    seed: int | None,
+    seconds: float,
+    rule: str = "no structure: every graph neighbour is an exact duplicate",
+) -> ClusterResult:
     """Every neighbour is an exact duplicate: no density to embed, so no clusters (as HDBSCAN* on the graph).
 
     A layout of identical points would split them arbitrarily; one all-noise layer is the honest answer,
@@ -123,7 +162,7 @@ def _no_structure(n: int, seed: int | None, seconds: float) -> ClusterResult:
         persistence=[0.0],
         parents=[np.full(0, -1, dtype=np.int64)],
         primary=0,
-        rule="no structure: every graph neighbour is an exact duplicate",
+        rule=rule,
     )
     result = ClusterResult(
         labels=labels,
@@ -139,4 +178,5 @@ def _no_structure(n: int, seed: int | None, seconds: float) -> ClusterResult:
     result.embedding = np.random.default_rng(seed).normal(scale=0.01, size=(n, 2)).astype(np.float32)
     result.assigned = np.zeros(n, dtype=bool)
     result.noise_before = 1.0 if n else 0.0
+    result.stability = None
     return result
