@@ -59,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--builds", nargs="+", default=["M=16,efConstruction=200"], help="HNSW build params")
     p.add_argument("--efs", default="64,248", help="search ef values")
     p.add_argument("--passes", type=int, default=6, help="refinement passes (max)")
+    p.add_argument("--target", type=float, default=None, help="stop at / widen the join towards this recall")
+    p.add_argument("--width", type=int, default=None, help="neighbours kept per row while joining (> k)")
     p.add_argument("--work", default=os.path.join(HERE, "out", "refine_work"))
     p.add_argument("--out", required=True)
     args = p.parse_args(argv)
@@ -81,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
         "dim": dim,
         "k": args.k,
         "sample": len(rows),
+        "target": args.target,
+        "width": args.width,
         "load_at_start": os.getloadavg(),
         "results": [],
     }
@@ -125,7 +129,15 @@ def main(argv: list[str] | None = None) -> int:
                     row["search_s"] = round(time.perf_counter() - t, 1)
                     row["search_recall"] = round(g.recall_against(exact, rows=rows), 4)
                     with rss.phase(f"refine_{b}_{ef}"):
-                        r = refine_graph(vectors, g, max_passes=args.passes, rows=rows, exact=exact)
+                        r = refine_graph(
+                            vectors,
+                            g,
+                            max_passes=args.passes,
+                            rows=rows,
+                            exact=exact,
+                            target_recall=args.target,
+                            width=args.width,
+                        )
                     row["refine"] = r.to_dict()
                     row["refined_recall"] = round(r.graph.recall_against(exact, rows=rows), 4)
                     row["peak_rss_mb"] = max(rss.peaks[f"search_{b}_{ef}"], rss.peaks[f"refine_{b}_{ef}"])
