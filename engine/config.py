@@ -243,6 +243,12 @@ class GraphSettings(Section):
     recall_sample: Int = opt(
         1000, "queries checked against exact neighbours to measure recall (default 1000; 0 = off)", ge=0
     )
+    refine_budget: Float = opt(
+        600.0,
+        "seconds of NN-descent refinement (neighbours of neighbours, exact distances from the stored vectors) "
+        "allowed after the Milvus search when its sampled recall@k is below --target-recall (default 600; 0 = off)",
+        ge=0,
+    )
 
 
 class ClusterSettings(Section):

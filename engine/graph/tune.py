@@ -37,6 +37,9 @@ class TuneResult:
     sample: int
     exact_seconds: float
     trials: list[dict[str, Any]] = field(default_factory=list)
+    #: The sampled positions and their exact neighbours (refinement measures recall on them too).
+    rows: np.ndarray | None = field(default=None, repr=False)
+    exact: KnnGraph | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -99,12 +102,14 @@ def tune_search_params(
     batch_size: int | None = None,
     seed: int | None = 0,
     progress: bool = True,
+    warn: bool = True,
 ) -> TuneResult:
     """Walk the knob's ladder upwards until recall@k on the sample reaches ``target_recall``.
 
     The policy (the CLI's ``--search-params``): ``search_params`` are kept; if they set the index's
     knob, or the index has none, the given parameters are only measured. If no value reaches the
-    target, the best one is returned with ``met=False`` (and a warning): the caller decides.
+    target, the best one is returned with ``met=False`` (and a warning unless ``warn=False``: the graph
+    stage refines the graph first and warns once about the final recall): the caller decides.
     """
     if not 0.0 < target_recall <= 1.0:
         raise EngineError(f"target recall must be in (0, 1], got {target_recall} (parameter target_recall)")
@@ -136,7 +141,7 @@ def tune_search_params(
             break
     assert best is not None
     met = best["recall"] >= target_recall
-    if not met:
+    if not met and warn:
         log.warning(
             "recall@%d target %.3f not reached on a %d-query sample; best %.4f with %s "
             "(raise the index build parameters, e.g. HNSW M / efConstruction, or use --graph-source exact)",
@@ -155,6 +160,8 @@ def tune_search_params(
         sample=len(rows),
         exact_seconds=exact_seconds,
         trials=trials,
+        rows=rows,
+        exact=exact,
     )
 
 
@@ -169,6 +176,7 @@ def check_recall(
     workers: int | None = None,
     batch_size: int | None = None,
     seed: int | None = 0,
+    warn: bool = True,
 ) -> TuneResult | None:
     """The graph stage's recall check: None for exact indexes or ``sample=0``, else
     :func:`tune_search_params` on a sample of ``sample`` queries."""
@@ -187,4 +195,5 @@ def check_recall(
         batch_size=batch_size,
         seed=seed,
         progress=False,
+        warn=warn,
     )
