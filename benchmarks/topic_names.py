@@ -96,9 +96,17 @@ def main() -> None:
             "check": check_names(report),
         }
         if args.before_engine:
+            # Its own venv when it has one: an editable install of this checkout would win over PYTHONPATH.
+            other = os.path.join(args.before_engine, ".venv", "bin", "python")
+            python = other if os.path.exists(other) else sys.executable
             env = {**os.environ, "PYTHONPATH": os.path.abspath(args.before_engine)}
             out = subprocess.run(
-                [sys.executable, "-c", _NAMES, root], env=env, capture_output=True, text=True, check=True
+                [python, "-c", _NAMES, os.path.abspath(root)],
+                env=env,
+                capture_output=True,
+                text=True,
+                check=True,
+                cwd="/",
             )
             entry["before"] = json.loads(out.stdout.strip().splitlines()[-1])
             entry["before_engine"] = args.before_engine

@@ -54,7 +54,7 @@ def scores(assigned: np.ndarray, classes: np.ndarray) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True)
-    parser.add_argument("--thresholds", default="0.1,0.2,0.25,0.3,0.35,0.4")
+    parser.add_argument("--thresholds", default="0.1,0.15,0.2,0.25,0.3,0.35")
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args()
 

@@ -342,8 +342,8 @@ class ReportSettings(Section):
         "a topic's embedding take its name (see --topic-threshold)",
     )
     topic_threshold: Float = opt(
-        0.3,
-        "cosine similarity a cluster centroid needs to a named topic to take its name (default 0.3)",
+        0.15,
+        "cosine similarity a cluster centroid needs to a named topic to take its name (default 0.15)",
         ge=-1,
         le=1,
     )

@@ -74,11 +74,13 @@ WEB_STOP_WORDS = frozenset(
 
 
 #: Words frequent in news and social text that never name a topic: reporting verbs, honorifics,
-#: social-media markers and the fragments contractions leave when an apostrophe was lost.
+#: social-media markers, wire-agency datelines and the fragments contractions leave when an apostrophe
+#: was lost.
 FILLER_WORDS = frozenset(
     """said says say saying told tell tells according added adds reportedly did does mr mrs ms dr rt via
     didn doesn isn wasn aren weren hasn haven hadn wouldn couldn shouldn mustn needn don ain ll ve re
-    br div span img src px nofollow target ticker fullquote quickinfo aspx php""".split()
+    br div span img src px nofollow target ticker fullquote quickinfo aspx php
+    reuters afp ap upi""".split()  # wire-agency datelines ("LONDON (Reuters) -"): a source, not a topic
 )
 
 _CANT = re.compile(r"\b(ca|wo|sha)n['\u2019]t\b", re.IGNORECASE)
