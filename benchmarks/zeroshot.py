@@ -54,7 +54,7 @@ def scores(assigned: np.ndarray, classes: np.ndarray) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run", required=True)
-    parser.add_argument("--thresholds", default="0.1,0.15,0.2,0.25,0.3,0.35")
+    parser.add_argument("--thresholds", default="0.1,0.15,0.2,0.25,0.3")
     parser.add_argument("--out", default=RESULTS)
     args = parser.parse_args()
 
@@ -76,7 +76,9 @@ def main() -> None:
         sweep.append({"threshold": threshold, **scores(assignment(merged, named), classes), "clusters": rows})
         print(f"threshold {threshold}: {sweep[-1]['nmi_all']} (named {sweep[-1]['named_share']})")
 
+    default = str(EngineConfig().report.topic_threshold)  # explicit: run.toml may hold an older value
     cmd = [sys.executable, "-m", "engine", "report", "--out", args.run, "--topics", ", ".join(TOPICS)]
+    cmd += ["--topic-threshold", default]
     subprocess.run(cmd, check=True)
     out_labels = pd.read_parquet(os.path.join(args.run, "labels.parquet"))["cluster"].to_numpy()
     with open(os.path.join(args.run, "clusters.json"), encoding="utf-8") as fh:

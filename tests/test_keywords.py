@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -148,3 +149,25 @@ def test_every_keyword_has_a_score_and_names_have_no_filler(shared_data_dir):
         assert c["keyword_scores"] == sorted(c["keyword_scores"], reverse=True)
         words = {w for term in c["name"].split(", ") for w in term.split()}
         assert not words & stops, c["name"]
+
+
+def test_embedding_reranker_orders_by_centroid_and_mmr_diversifies(minilm_path):
+    from engine.embed import load_encoder
+    from engine.keywords import embedding_reranker
+
+    encoder = load_encoder("all-MiniLM-L6-v2", device="cpu")
+    docs = [
+        "The striker scored twice and the club won the league match",
+        "Football fans cheer the cup final goal",
+    ]
+    vectors = encoder.encode(docs)
+    terms = ["inflation", "football", "soccer", "goal"]
+    scores = np.array([0.9, 0.5, 0.4, 0.3])  # c-TF-IDF order puts the off-topic word first
+    plain = embedding_reranker(encoder.encode, vectors)(terms, scores, np.arange(2))
+    assert plain[-1][0] == "inflation" and plain[0][0] in {"football", "soccer", "goal"}
+    assert dict(plain) == dict(zip(terms, scores.tolist(), strict=True))  # scores stay c-TF-IDF scores
+    diverse = embedding_reranker(encoder.encode, vectors, diversity=0.9)(terms, scores, np.arange(2))
+    assert diverse[0][0] == plain[0][0]  # the first pick is the most relevant either way
+    emb = dict(zip(terms, encoder.encode(terms), strict=True))
+    first = emb[plain[0][0]]
+    assert float(emb[diverse[1][0]] @ first) <= float(emb[plain[1][0]] @ first)  # MMR: less redundant second
