@@ -14,8 +14,8 @@ that join two neighbours says how early in the topic tree they meet). The consen
 pieces of the kNN edges that more than 70 %, 50 % and 30 % of those (run, layer) clusterings agree on:
 nested by construction (a higher level keeps a subset of the edges), finest first. The primary is
 the 30 % level. That level was chosen on two corpora (AG News, BBC) and confirmed on two others
-(StackOverflow titles, search snippets): on all four it had the best NMI of the levels and the
-highest seed agreement (benchmarks/consensus_levels.py, RESULTS.md section 12).
+(StackOverflow titles, search snippets): on all four it had the best NMI of the levels, with the
+highest seed agreement on three (benchmarks/consensus_levels.py, RESULTS.md section 12).
 
 Each document's ``stability`` is the share of runs that agree with the consensus about it: in each
 run its cluster is mapped to the consensus cluster holding most of that cluster's members (noise to
