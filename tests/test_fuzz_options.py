@@ -37,15 +37,18 @@ def test_fuzz_numeric_options_never_traceback_and_memory_stays_bounded(tmp_path,
     seed = os.environ.get("FUZZ_SEED", "11")
     root = Path(__file__).resolve().parents[1]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(root)}
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.fuzz_cli", "--corpus", str(corpus), "--out", str(tmp_path / "out")]
-        + ["--seed", seed, "--runs", "2"],
-        cwd=root,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # files, not pipes: the child prints one JSON line per case (over 64 KiB, a full pipe would block it)
+    out_path, err_path = tmp_path / "fuzz.jsonl", tmp_path / "fuzz.err"
+    with open(out_path, "w") as out_fh, open(err_path, "w") as err_fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tests.fuzz_cli", "--corpus", str(corpus), "--out", str(tmp_path / "out")]
+            + ["--seed", seed, "--runs", "2"],
+            cwd=root,
+            env=env,
+            stdout=out_fh,
+            stderr=err_fh,
+            text=True,
+        )
     peak = 0.0
     deadline = time.monotonic() + 600
     while proc.poll() is None:
@@ -54,7 +57,8 @@ def test_fuzz_numeric_options_never_traceback_and_memory_stays_bounded(tmp_path,
             proc.kill()
             break
         time.sleep(0.1)
-    out, err = proc.communicate()
+    proc.wait()
+    out, err = out_path.read_text(), err_path.read_text()
     assert peak <= RSS_LIMIT_MB, f"fuzz child grew to {peak:.0f} MB; last cases: {out.splitlines()[-3:]}"
     assert proc.returncode == 0, err[-3000:]
     records = [json.loads(line) for line in out.splitlines()]
