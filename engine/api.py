@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from engine.atomic import write_text
 from engine.errors import EngineError
 
 __all__ = ["TopicModel"]
@@ -271,7 +272,7 @@ def _repoint_run_config(root: Path) -> None:
     embed = data.get("embed", {})
     if embed.get("embeddings") and Path(embed["embeddings"]).name == _INPUT_VECTORS:
         embed["embeddings"] = str(root / _INPUT_VECTORS)
-    cfg_path.write_text(tomli_w.dumps(data), encoding="utf-8")
+    write_text(cfg_path, tomli_w.dumps(data))
 
 
 def _as_frame(documents: Any, text_column: str) -> pd.DataFrame:

@@ -437,7 +437,7 @@ def ingest(
         try:
             todo_texts = [texts[i] for i in todo]
             chunks = (
-                encoder.iter_encode(todo_texts, window=insert_batch)
+                encoder.iter_encode(todo_texts, window=insert_batch, on_batch=bar.update)
                 if precomputed is None
                 else (
                     (start, np.asarray(precomputed[todo[start : start + insert_batch]], dtype=np.float32))
@@ -460,7 +460,8 @@ def ingest(
                         except queue.Full:
                             if writer.error is not None or not writer.is_alive():
                                 raise writer.error or EngineError("ingest: Milvus writer stopped") from None
-                bar.update(len(vec))
+                if precomputed is not None:
+                    bar.update(len(vec))  # embedded rows move the bar per batch (on_batch)
         finally:
             q.put(_DONE)
             writer.join()

@@ -192,6 +192,8 @@ class Pipeline:
     def embed(self):
         """Embed every document into ``embeddings.npy`` and Milvus, resuming what is already stored."""
         self.check_before_embed()
+        # the corpus tells the language before any model loads; the resolved name is checked again after
+        self._warn_language(self.config.embed.model)
         with self._stage("embed"):
             result = stages.embed_corpus(
                 self.frame, self.config.embed, self.open_store, self.paths, progress=self.progress

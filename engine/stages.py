@@ -408,11 +408,13 @@ def cluster(
     ``clusters.npz`` (and ``cluster_embedding.npy``, which the layout stage starts from).
     """
     from engine.cluster import cluster_graph
+    from engine.cluster.kernels import announce_compile, mark_compiled
     from engine.cluster.layers import relabel_by_size
     from engine.cluster.noise import assign_noise
     from engine.cluster.space import cluster_embedding_space
 
     get_vectors = vectors if callable(vectors) else (lambda: vectors)
+    announce_compile(settings.cluster_space)
     if settings.cluster_space == "graph":
         result = cluster_graph(
             graph,
@@ -447,6 +449,7 @@ def cluster(
         )
         if result.stability is not None:
             result.detail += f"; mean document stability {float(np.mean(result.stability)):.2f}"
+    mark_compiled(settings.cluster_space)
     if not settings.assign_noise:
         result.assigned = None  # labels.parquet has an `assigned` column only when --assign-noise ran
     if paths is not None:
@@ -655,7 +658,7 @@ def load_topic_edits(paths: RunPaths) -> dict[str, dict[int, Any]]:
 
 def save_topic_edits(paths: RunPaths, edits: dict[str, dict[int, Any]]) -> None:
     data = {key: {str(k): v for k, v in sorted(edits.get(key, {}).items())} for key in ("merges", "names")}
-    (paths.root / TOPIC_EDITS).write_text(json.dumps(data, ensure_ascii=False, indent=2), encoding="utf-8")
+    write_text(paths.root / TOPIC_EDITS, json.dumps(data, ensure_ascii=False, indent=2))
 
 
 def merge_map(groups: list[list[int]], merges: dict[int, int] | None = None) -> dict[int, int]:

@@ -42,6 +42,18 @@ def test_windows_come_in_order_and_cover_input(hf_model_and_tokenizer, sample_te
     np.testing.assert_allclose(np.concatenate(parts), reference, atol=1e-5)
 
 
+def test_progress_moves_per_batch_not_per_window(hf_model_and_tokenizer, sample_texts, reference):
+    """Issue 20: the embed bar moved only every window (2,000 documents); ``on_batch`` reports each batch."""
+    model, tok = hf_model_and_tokenizer
+    texts = sample_texts[:120]
+    loop = FastLoop(model, tok, devices=["cpu"], max_length=128, token_budget=256, window=len(texts))
+    reports: list[int] = []
+    out = [vec for _, vec in loop.iter_encode(texts, on_batch=reports.append)]
+    assert len(out) == 1  # one window...
+    assert len(reports) > 1 and sum(reports) == len(texts)  # ...reported in several steps
+    np.testing.assert_allclose(out[0], reference[:120], atol=1e-5)
+
+
 def test_two_workers_give_the_same_vectors(hf_model_and_tokenizer, sample_texts, reference):
     """One worker per device: exercised with two CPU 'devices' (the multi-GPU code path)."""
     model, tok = hf_model_and_tokenizer

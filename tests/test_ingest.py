@@ -100,8 +100,8 @@ class _CrashAfter:
     def __init__(self, encoder, k: int):
         self.encoder, self.k, self.dim, self.name = encoder, k, encoder.dim, encoder.name
 
-    def iter_encode(self, texts, window=4096):
-        for i, item in enumerate(self.encoder.iter_encode(texts, window=window)):
+    def iter_encode(self, texts, window=4096, on_batch=None):
+        for i, item in enumerate(self.encoder.iter_encode(texts, window=window, on_batch=on_batch)):
             if i == self.k:
                 raise RuntimeError("simulated crash")
             yield item

@@ -238,7 +238,11 @@ def test_chinese_titles_keywords_are_words_and_the_model_warning_appears(tmp_pat
         "--k", "10", "--max-length", "48",
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr
-    assert "warning: model sentence-transformers/all-MiniLM-L6-v2 is English-only" in proc.stderr
+    warned = proc.stderr.find("all-MiniLM-L6-v2 is English-only")
+    assert warned >= 0, proc.stderr
+    # issue 20: the warning comes from the corpus sample, before the model loads and embeds
+    assert warned < proc.stderr.index("[embed] started")
+    assert proc.stderr.count("is English-only") == 1
     assert "English-only" in proc.stdout  # in the summary too
     data = json.loads((out / "clusters.json").read_text())
     assert data["warnings"] and "han" in data["warnings"][0]

@@ -19,7 +19,7 @@ import copy
 import os
 import queue
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -244,7 +244,7 @@ class FastLoop:
             vec = F.normalize(vec, p=2, dim=-1)
         return vec.cpu().numpy()
 
-    def _consume(self, k: int, q_batches, windows, cond, errors, stop) -> None:
+    def _consume(self, k: int, q_batches, windows, cond, errors, stop, done: list[int]) -> None:
         import torch
 
         model, device = self.models_[k], self.devices[k]
@@ -269,22 +269,28 @@ class FastLoop:
                     win = windows[item.window]
                     win.out[item.rows] = vec
                     win.remaining -= 1
+                    done[0] += len(item.rows)
                     cond.notify_all()
 
     # ------------------------------------------------------------------ public
     def iter_encode(
-        self, texts: Sequence[str], window: int | None = None
+        self,
+        texts: Sequence[str],
+        window: int | None = None,
+        on_batch: Callable[[int], object] | None = None,
     ) -> Iterator[tuple[int, np.ndarray]]:
         """Yield ``(start, vectors)`` for consecutive windows of ``texts``, in input order.
 
         Memory holds only a few windows at once, so a caller can stream millions of documents.
+        ``on_batch(n)`` is called (in the caller's thread) as batches finish, with the documents
+        embedded since the last call: progress moves per batch, not per window.
         """
         if window is not None and window != self.window:
             if window < 1:
                 raise EngineError(f"window={window} must be >= 1")
             saved, self.window = self.window, int(window)
             try:
-                yield from self.iter_encode(texts)
+                yield from self.iter_encode(texts, on_batch=on_batch)
             finally:
                 self.window = saved
             return
@@ -297,6 +303,7 @@ class FastLoop:
         cond = threading.Condition()
         errors: list[BaseException] = []
         stop = threading.Event()
+        done, reported = [0], 0  # documents embedded (workers count, this thread reports)
         producer = threading.Thread(
             target=self._produce,
             args=(texts, n_windows, q_batches, windows, cond, errors, stop),
@@ -306,7 +313,7 @@ class FastLoop:
         workers = [
             threading.Thread(
                 target=self._consume,
-                args=(k, q_batches, windows, cond, errors, stop),
+                args=(k, q_batches, windows, cond, errors, stop, done),
                 name=f"embed-{dev}",
                 daemon=True,
             )
@@ -322,11 +329,18 @@ class FastLoop:
                         if not producer.is_alive() and w not in windows:
                             break
                         cond.wait(timeout=0.5)
+                        if on_batch is not None and done[0] > reported:
+                            on_batch(done[0] - reported)
+                            reported = done[0]
                     if errors:
                         raise errors[0]
                     if w not in windows:
                         raise EngineError("embedding tokenizer thread stopped early")
                     win = windows.pop(w)
+                    finished = done[0]
+                if on_batch is not None and finished > reported:
+                    on_batch(finished - reported)
+                    reported = finished
                 yield win.start, win.out
         finally:
             stop.set()

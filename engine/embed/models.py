@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,6 +21,9 @@ from engine.errors import EngineError, ModelUnavailableError
 
 BGE_M3_ID = "BAAI/bge-m3"
 MINILM_ID = "sentence-transformers/all-MiniLM-L6-v2"
+#: Progress granularity through a library's own encode (FlagEmbedding, sentence-transformers), which
+#: sorts by length only within one call: 256 documents keep that sorting useful and the bar moving.
+PROGRESS_STEP = 256
 _BGE_M3_ALIASES = {"baai/bge-m3", "bge-m3", "bge_m3"}
 _MINILM_ALIASES = {"all-minilm-l6-v2", "sentence-transformers/all-minilm-l6-v2", "minilm"}
 
@@ -192,14 +195,29 @@ class Encoder:
             vec = np.asarray(vec, dtype=np.float32)
         return _normalise(vec.reshape(len(texts), -1))
 
-    def iter_encode(self, texts: Sequence[str], window: int = 4096) -> Iterator[tuple[int, np.ndarray]]:
-        """Yield ``(start, vectors)`` window by window (bounded memory; tokenizer runs ahead)."""
+    def iter_encode(
+        self, texts: Sequence[str], window: int = 4096, on_batch: Callable[[int], object] | None = None
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """Yield ``(start, vectors)`` window by window (bounded memory; tokenizer runs ahead).
+
+        ``on_batch(n)``: called as parts of a window finish (per batch on the fast loop; per
+        ``PROGRESS_STEP`` documents through the libraries' own encode), so progress never waits a window.
+        """
         texts = _check_texts(texts)
         if self.loop_ is not None:
-            yield from self.loop_.iter_encode(texts, window=window)
+            yield from self.loop_.iter_encode(texts, window=window, on_batch=on_batch)
             return
+        step = max(PROGRESS_STEP, self.batch_size)
         for start in range(0, len(texts), window):
-            yield start, self.encode(texts[start : start + window])
+            chunk = texts[start : start + window]
+            if on_batch is None:
+                yield start, self.encode(chunk)
+                continue
+            parts = []
+            for s in range(0, len(chunk), step):
+                parts.append(self.encode(chunk[s : s + step]))
+                on_batch(len(parts[-1]))
+            yield start, np.concatenate(parts) if parts else np.empty((0, self.dim), np.float32)
 
 
 def _check_texts(texts: Sequence[str]) -> list[str]:
