@@ -38,7 +38,8 @@ class LockHeld(EngineError):
     """Another live command holds the run directory."""
 
 
-def _pid_alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (another user's process counts: it cannot be signalled, but it is alive)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
@@ -96,7 +97,7 @@ class RunLock:
                 ) from None
         stale = self.owner()
         if stale.get("pid") and stale.get("pid") != os.getpid():
-            state = "no longer running" if not _pid_alive(int(stale["pid"])) else "no longer holding it"
+            state = "no longer running" if not pid_alive(int(stale["pid"])) else "no longer holding it"
             log.warning(
                 "run directory %s: taking over the lock of `engine %s` (pid %s), which is %s",
                 self.root,

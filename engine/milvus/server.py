@@ -46,6 +46,7 @@ from typing import Any
 
 from engine import logs
 from engine.errors import EngineError
+from engine.rundir import pid_alive
 
 try:  # POSIX only; the `milvus` wheel runs on Linux and macOS
     import fcntl
@@ -236,7 +237,7 @@ def stop_orphan(data_dir: Path, timeout: float = 30.0) -> int | None:
         path.unlink(missing_ok=True)
         return None
     owner = state.get("engine_pid")
-    if isinstance(owner, int) and owner != os.getpid() and _pid_alive(owner):
+    if isinstance(owner, int) and owner != os.getpid() and pid_alive(owner):
         # Not an orphan: the engine that started it still runs (a run in progress). Never harm it.
         raise EngineError(
             f"a run is in progress in {Path(data_dir).parent}: its Milvus server (pid {pid}) belongs to "
@@ -255,16 +256,6 @@ def stop_orphan(data_dir: Path, timeout: float = 30.0) -> int | None:
             time.sleep(0.2)
     path.unlink(missing_ok=True)
     return pid
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def running_server_uri(data_dir: Path) -> str | None:
