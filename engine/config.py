@@ -339,11 +339,13 @@ class ReportSettings(Section):
     topics: str | None = opt(
         None,
         "zero-shot topics: comma-separated names or a file with one per line; clusters whose centroid is close to "
-        "a topic's embedding take its name (see --topic-threshold)",
+        "a topic's embedding take the name most of their documents vote for (mixed ones split by the votes), and "
+        "noise documents close to a topic join it (see --topic-threshold)",
     )
     topic_threshold: Float = opt(
         0.15,
-        "cosine similarity a cluster centroid needs to a named topic to take its name (default 0.15)",
+        "cosine similarity a cluster centroid needs to its closest named topic to be named, and a noise document "
+        "(averaged with its kNN neighbours) to join a topic (default 0.15)",
         ge=-1,
         le=1,
     )

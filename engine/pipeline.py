@@ -266,6 +266,7 @@ class Pipeline:
                 title=f"Document map: {source}",
                 warnings=[warning] if warning else [],
                 encoder=self._encoder,
+                graph=self.graph,
             )
         self.labels_ = labels
         self.report_ = report

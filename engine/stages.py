@@ -578,11 +578,14 @@ def report(
     title: str,
     warnings: list[str] | None = None,
     encoder: Any = None,
+    graph: Any = None,
 ) -> tuple[pd.DataFrame, Any]:
     """labels.parquet (with the corpus's own columns), clusters.json, report.html, map.html and map.png.
 
     ``encoder``: a no-argument callable giving the run's model, called only when an option needs
-    to embed words (--keyword-rerank, --topics). Returns (labels.parquet's frame, the report).
+    to embed words (--keyword-rerank, --topics). ``graph``: a no-argument callable giving the run's
+    kNN graph (--topics averages each document's scores over its neighbours; without it, none).
+    Returns (labels.parquet's frame, the report).
     """
     from engine.corpus import with_source_columns
     from engine.report import build_layers_report, build_report
@@ -592,7 +595,7 @@ def report(
     clusters = apply_merges(clusters, edits["merges"])
     named: dict[int, str] = {}
     if settings.topics:
-        clusters, named = _zero_shot(clusters, vectors, settings, encoder)
+        clusters, named = _zero_shot(clusters, vectors, settings, encoder, graph)
     labels = label_frame(corpus, clusters, coords)
     output = with_source_columns(labels, corpus.frame, corpus.stats)
     with atomic_output(paths.labels) as tmp:
@@ -712,26 +715,37 @@ def set_names(report: Any, names: dict[int, str]) -> None:
 
 
 def _zero_shot(
-    clusters: dict[str, np.ndarray], vectors: np.ndarray, settings: Any, encoder: Any
+    clusters: dict[str, np.ndarray], vectors: np.ndarray, settings: Any, encoder: Any, graph: Any = None
 ) -> tuple[dict[str, np.ndarray], dict[int, str]]:
-    """--topics: clusters close to a named topic take its name (merged per name); see engine.zeroshot."""
-    from engine.zeroshot import parse_topics, zero_shot_edits
+    """--topics: clusters and documents close to a named topic take its name; see engine.zeroshot."""
+    from engine.zeroshot import parse_topics, zero_shot_labels
 
     names = parse_topics(settings.topics)
     if encoder is None:
         raise EngineError("--topics needs the run's model to embed the topic names")
-    groups, named, rows = zero_shot_edits(
-        clusters["labels"], vectors, names, encoder().encode(names), settings.topic_threshold
+    neighbours = graph().indices if graph is not None else None
+    before = np.asarray(clusters["labels"])
+    labels, named, rows = zero_shot_labels(
+        before, vectors, names, encoder().encode(names), settings.topic_threshold, neighbours
     )
-    matched = sum(r["topic"] is not None for r in rows)
+    joined = (before < 0) & (labels >= 0)
     log.info(
-        "report: zero-shot topics: %d of %d clusters took one of %d names (threshold %.2f)",
-        matched,
-        len(rows),
-        len(names),
+        "report: zero-shot topics (threshold %.2f): of %d clusters %d took one of %d names whole, %d mixed ones "
+        "split by their documents' votes; %d noise documents joined a named topic",
         settings.topic_threshold,
+        len(rows),
+        sum(r["topic"] is not None for r in rows),
+        len(names),
+        sum("split" in r for r in rows),
+        int(joined.sum()),
     )
-    return apply_merges(clusters, merge_map(groups)), named
+    out = dict(clusters)
+    out["labels"] = labels
+    if clusters.get("layers") is not None and "primary" in clusters:
+        layers = np.array(clusters["layers"], copy=True)
+        layers[int(clusters["primary"])] = labels
+        out["layers"] = layers
+    return out, named
 
 
 def keyword_options(settings: Any, vectors: np.ndarray, encoder: Any = None) -> dict[str, Any]:
