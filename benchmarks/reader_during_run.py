@@ -19,13 +19,15 @@ import platform
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import pandas as pd
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from tests.fixtures.processes import EngineProcess  # noqa: E402
+
 NEWS = ROOT.parent / "shared" / "data" / "news_headlines_2024" / "news_data_dedup.csv"
 ENV = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
 
@@ -58,19 +60,8 @@ def main() -> int:
     results = []
     for i in range(args.repeats):
         t = time.perf_counter()
-        run = subprocess.Popen(
-            [sys.executable, "-m", "engine", *run_args],
-            stderr=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            text=True,
-            env=ENV,
-        )
-        lines: list[str] = []
-        threading.Thread(
-            target=lambda p=run, acc=lines: acc.extend(iter(p.stderr.readline, "")), daemon=True
-        ).start()
-        while not any("[graph] started" in line for line in lines) and run.poll() is None:
-            time.sleep(0.2)
+        run = EngineProcess(run_args, ENV)
+        run.wait_for("[graph] started", timeout=3600)
         search_at = time.perf_counter() - t
         search = engine("search", "election", "--out", str(out), "--json", "--quiet")
         code = run.wait()

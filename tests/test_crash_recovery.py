@@ -19,6 +19,7 @@ import pytest
 
 from engine.milvus.server import STATE_FILE, stop_orphan
 from engine.rundir import LOCK_NAME, RunLock
+from tests.fixtures.processes import EngineProcess
 from tests.test_cli import ENV, assert_one_line_error, engine
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,33 +46,21 @@ def run_and_kill(
     args: list[str], trigger: str, victim: str, out: Path, timeout: float = 600
 ) -> tuple[int, str]:
     """Run the engine; when ``trigger`` appears on its stderr, SIGKILL the ``victim`` ("server" or "engine")."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", *args],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        env=ENV,
-    )
-    lines: list[str] = []
     killed = threading.Event()
 
-    def reader() -> None:
-        for line in proc.stderr:
-            lines.append(line)
-            if not killed.is_set() and trigger in line:
-                if victim == "engine":
-                    proc.send_signal(signal.SIGKILL)
-                else:
-                    state = json.loads((out / "milvus_server" / STATE_FILE).read_text())
-                    os.kill(state["pid"], signal.SIGKILL)
-                killed.set()
+    def kill_on_trigger(run: EngineProcess, line: str) -> None:
+        if not killed.is_set() and trigger in line:
+            if victim == "engine":
+                run.proc.send_signal(signal.SIGKILL)
+            else:
+                state = json.loads((out / "milvus_server" / STATE_FILE).read_text())
+                os.kill(state["pid"], signal.SIGKILL)
+            killed.set()
 
-    thread = threading.Thread(target=reader, daemon=True)
-    thread.start()
-    rc = proc.wait(timeout=timeout)
-    thread.join(timeout=10)
-    assert killed.is_set(), f"{trigger!r} never appeared:\n{''.join(lines)[-3000:]}"
-    return rc, "".join(lines)
+    run = EngineProcess(args, ENV, on_line=kill_on_trigger)
+    rc = run.wait(timeout=timeout)
+    assert killed.is_set(), f"{trigger!r} never appeared:\n{run.text[-3000:]}"
+    return rc, run.text
 
 
 def _labels(out: Path) -> pd.DataFrame:

@@ -22,6 +22,7 @@ import pandas as pd
 import pytest
 
 from engine.rundir import RunLock
+from tests.fixtures.processes import EngineProcess
 from tests.test_cli import ENV, assert_one_line_error, engine
 
 N = 120
@@ -233,29 +234,6 @@ def test_engine_serve_answers_search_and_assign_over_http(neg_run, neg_corpus, t
 
 
 # -------------------------------------------------------------- defect 1: a search during a server run
-def start_and_wait_for(
-    args: list[str], needle: str, timeout: float = 600
-) -> tuple[subprocess.Popen, list[str]]:
-    """Start ``engine ARGS``; return once a stderr line contains ``needle`` (lines keep being collected)."""
-    import threading
-
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "engine", *args],
-        stderr=subprocess.PIPE,
-        stdout=subprocess.DEVNULL,
-        text=True,
-        env=ENV,
-    )
-    lines: list[str] = []
-    threading.Thread(target=lambda: lines.extend(iter(proc.stderr.readline, "")), daemon=True).start()
-    deadline = time.monotonic() + timeout
-    while not any(needle in line for line in lines):
-        assert proc.poll() is None, "".join(lines)
-        assert time.monotonic() < deadline, "".join(lines)
-        time.sleep(0.2)
-    return proc, lines
-
-
 @pytest.mark.slow
 @pytest.mark.server
 def test_search_during_a_local_server_run_never_harms_the_run(neg_corpus, tmp_path):
@@ -268,9 +246,10 @@ def test_search_during_a_local_server_run_never_harms_the_run(neg_corpus, tmp_pa
     first = engine(*args, "--quiet")
     assert first.returncode == 0, first.stderr
     before = pd.read_parquet(out / "labels.parquet")
-    rerun, lines = start_and_wait_for(args, "[graph] started")
+    rerun = EngineProcess(args, ENV)
+    assert rerun.wait_for("[graph] started"), rerun.text
     search = engine("search", "election", "--out", str(out), "--json", "--quiet")
-    assert rerun.wait(timeout=900) == 0, "".join(lines)
+    assert rerun.wait(timeout=900) == 0, rerun.text
     assert "Traceback" not in search.stderr, search.stderr
     if search.returncode == 0:  # it used the run's own server
         assert [json.loads(line)["id"] < 0 for line in search.stdout.splitlines()] == [True] * 10
