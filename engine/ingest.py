@@ -370,6 +370,7 @@ def ingest(
     queue_size: int = 2,
     fingerprint_key: str | None = None,
     precomputed: np.ndarray | None = None,
+    stream=None,
 ) -> IngestResult:
     """Embed ``frame`` (columns ``id``, ``text``) into ``vectors_path`` and Milvus; resume what is stored.
 
@@ -380,6 +381,9 @@ def ingest(
     seals a segment and each sealed segment is one more index that every graph query searches).
     ``precomputed`` (n, dim): the documents' vectors given by the caller (unit rows, frame order);
     the encoder then only names the model, nothing is embedded.
+    ``stream(store, ids, texts, insert)``: embeds elsewhere (engine.distributed, on a Ray cluster) and
+    stores the rows where ``insert`` is set itself; yields ``(rows, vectors)`` (rows index its arguments,
+    blocks in any order). This function still decides what to embed and writes ``vectors_path``.
     """
     from tqdm.auto import tqdm
 
@@ -436,20 +440,30 @@ def ingest(
         bar = tqdm(total=len(todo), desc="embed+ingest", unit="doc", disable=not progress)
         try:
             todo_texts = [texts[i] for i in todo]
-            chunks = (
-                encoder.iter_encode(todo_texts, window=insert_batch)
-                if precomputed is None
-                else (
-                    (start, np.asarray(precomputed[todo[start : start + insert_batch]], dtype=np.float32))
+            if stream is not None:  # rows come back stored (by the workers) in any order
+                chunks = (
+                    (rows, vec, True) for rows, vec in stream(store, ids[todo], todo_texts, insert_mask)
+                )
+            elif precomputed is None:
+                chunks = (
+                    (np.arange(start, start + len(vec)), vec, False)
+                    for start, vec in encoder.iter_encode(todo_texts, window=insert_batch)
+                )
+            else:
+                chunks = (
+                    (
+                        np.arange(start, min(start + insert_batch, len(todo))),
+                        np.asarray(precomputed[todo[start : start + insert_batch]], dtype=np.float32),
+                        False,
+                    )
                     for start in range(0, len(todo), insert_batch)
                 )
-            )
-            for start, vec in chunks:
+            for rows, vec, stored in chunks:
                 if writer.error is not None:
                     raise writer.error
-                pos = todo[start : start + len(vec)]
-                vf.write(pos, vec)  # durable before Milvus sees these ids
-                ins = insert_mask[start : start + len(vec)]
+                pos = todo[rows]
+                vf.write(pos, vec)  # durable before Milvus sees these ids (stream: before they are recorded)
+                ins = insert_mask[rows] & (not stored)
                 if ins.any():
                     sel_pos = pos[ins]
                     item = (ids[sel_pos], vec[ins], [texts[i] for i in sel_pos])
