@@ -34,6 +34,10 @@ import pandas as pd
 log = logging.getLogger("engine")
 
 
+#: What one model replica of the embedding actor pool asks Ray for (engine doctor --ray says it).
+EMBED_RESOURCES_NOTE = "1 GPU + 1 CPU per model replica on a cluster with GPUs, else 1 CPU"
+
+
 def _resources(gpus: float) -> dict[str, Any]:
     """One model replica per GPU when the cluster has GPUs, else per CPU."""
     return {"num_gpus": 1, "num_cpus": 1} if gpus >= 1 else {"num_cpus": 1}
