@@ -291,3 +291,22 @@ def test_driver_killed_mid_embed_then_rerun_resumes(
     finished_first = sum(e["documents"] for e in first[1:])
     assert 0 < second[0]["documents"] <= N_DOCS - finished_first  # fewer documents embedded the second time
     _assert_exactly_once(milvus_server, milvus_server_token, "t_driver_kill", out)
+
+
+def test_doctor_lists_the_cluster(tmp_path: Path) -> None:
+    """`engine doctor --ray local`: nodes, CPUs, GPUs and what the engine would run there."""
+    proc = engine("doctor", "--ray", "local", "--json", "--no-index-probe", timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ray = json.loads(proc.stdout)["ray"]
+    assert "error" not in ray, ray
+    assert len(ray["nodes"]) == 1 and ray["nodes"][0]["head"]
+    assert ray["cpus"] == os.cpu_count() and ray["gpus"] == 0
+    assert ray["replicas"] == os.cpu_count()  # one model replica per CPU without GPUs
+    assert "model replica" in ray["plan"]
+    from engine.doctor import format_report
+
+    text = format_report(json.loads(proc.stdout))
+    assert "Ray cluster (--ray)" in text and f"total            {os.cpu_count()} CPUs, 0 GPUs" in text
+    assert "engine would run" in text
+    bad = engine("doctor", "--ray", "http://x:1", timeout=60)
+    assert_one_line_error(bad, "--ray")
