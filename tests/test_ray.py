@@ -71,16 +71,16 @@ def _milvus_rows(uri: str, token: str | None, collection: str) -> tuple[int, np.
         return int(count), ids
 
 
-def _assert_exactly_once(uri: str, token: str | None, collection: str, out: Path) -> None:
+def _assert_exactly_once(uri: str, token: str | None, collection: str, out: Path, n: int = N_DOCS) -> None:
     count, ids = _milvus_rows(uri, token, collection)
     corpus_ids = pd.read_parquet(out / "corpus.parquet")["id"].to_numpy(dtype=np.int64)
-    assert count == N_DOCS, f"Milvus holds {count} rows, expected {N_DOCS}"
-    assert len(ids) == N_DOCS and len(np.unique(ids)) == N_DOCS
+    assert count == n, f"Milvus holds {count} rows, expected {n}"
+    assert len(ids) == n and len(np.unique(ids)) == n
     assert np.array_equal(np.sort(ids), np.sort(corpus_ids))
     meta = json.loads((out / "embeddings.json").read_text())
     assert meta["complete"] is True
     vectors = np.load(out / "embeddings.npy")
-    assert vectors.shape[0] == N_DOCS
+    assert vectors.shape[0] == n
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-4)  # every row written
 
 
@@ -203,6 +203,50 @@ def test_ray_local_equals_single_process(
     assert ledger[0]["blocks"] == 5 and sum(e["documents"] for e in ledger[1:]) == N_DOCS
     assert len({e["worker"] for e in ledger[1:]}) == 2  # an actor pool of 2 model replicas (2 CPUs)
     _assert_exactly_once(milvus_server, milvus_server_token, "t_ray5", blocks)
+
+
+@pytest.mark.slow
+def test_agnews_ray_equals_single_and_an_edit_reembeds_only_what_changed(
+    shared_data_dir: str,
+    tmp_path: Path,
+    tiny_bge_m3_path: Path,
+    milvus_server: str,
+    milvus_server_token: str | None,
+) -> None:
+    """AG News test (7,600 documents, tiny model, fp32): --ray embeddings within 1e-4 of one process, each
+    document once in Milvus; then 25 edited rows: the re-run embeds those 25 only (fingerprints, as today)."""
+    source = Path(shared_data_dir) / "ag_news" / "test.csv"
+    if not source.exists():
+        pytest.skip(f"{source} not found")
+    columns = ["--columns", "label,title,description"]
+    single, ray_out = tmp_path / "single", tmp_path / "ray"
+    p1 = engine(*_args("embed", source, single, tiny_bge_m3_path, milvus_server, "ag_single", *columns))
+    assert p1.returncode == 0, p1.stderr[-3000:]
+    ray_args = _args(
+        "embed", source, ray_out, tiny_bge_m3_path, milvus_server, "ag_ray", *columns, "--ray", "local"
+    )
+    p2 = engine(*ray_args, "--ray-block", "1000")
+    assert p2.returncode == 0, p2.stderr[-3000:]
+    a, b = np.load(single / "embeddings.npy"), np.load(ray_out / "embeddings.npy")
+    assert a.shape == b.shape == (7600, 64)
+    assert float(np.abs(a - b).max()) <= 1e-4
+    _assert_exactly_once(milvus_server, milvus_server_token, "ag_ray", ray_out, n=7600)
+
+    frame = pd.read_csv(source, header=None, names=["label", "title", "description"], dtype=str)
+    edited = np.arange(100, 7600, 300)  # 25 rows
+    frame.loc[edited, "title"] = frame.loc[edited, "title"] + " (edited)"
+    changed = tmp_path / "test_edited.csv"
+    frame.to_csv(changed, header=False, index=False)
+    resumed = [str(changed) if a == str(source) else a for a in ray_args if a != "--restart"]
+    assert str(changed) in resumed
+    p3 = engine(*resumed, "--ray-block", "1000")
+    assert p3.returncode == 0, p3.stderr[-3000:]
+    # only the edited rows were embedded
+    assert _attempts(ray_out)[-1][0]["documents"] == len(edited), p3.stderr[-3000:]
+    c = np.load(ray_out / "embeddings.npy")
+    keep = np.setdiff1d(np.arange(7600), edited)
+    assert np.array_equal(c[keep], b[keep]) and not np.allclose(c[edited], b[edited])
+    _assert_exactly_once(milvus_server, milvus_server_token, "ag_ray", ray_out, n=7600)
 
 
 # --------------------------------------------------------------------------------------- kills

@@ -130,6 +130,10 @@ class RayEncoder:
         Rows where ``insert`` is set are upserted into Milvus by the worker before the block is yielded.
         """
         n = len(ids)
+        n_blocks = -(-n // self.block)
+        # one header line per run, also when there is nothing to embed
+        with open(self.ledger, "a", encoding="utf-8") as ledger:
+            ledger.write(json.dumps({"start": time.time(), "documents": n, "blocks": n_blocks}) + "\n")
         if n == 0:
             return
         import ray.data
@@ -142,7 +146,6 @@ class RayEncoder:
                 "insert": np.asarray(insert, dtype=bool),
             }
         )
-        n_blocks = -(-n // self.block)
         ctx = ray.data.DataContext.get_current()
         ctx.enable_progress_bars = False
         ctx.print_on_execution_start = False
@@ -159,8 +162,6 @@ class RayEncoder:
             **self.resources,
         )
         with open(self.ledger, "a", encoding="utf-8") as ledger:
-            ledger.write(json.dumps({"start": time.time(), "documents": n, "blocks": n_blocks}) + "\n")
-            ledger.flush()
             # (ingest's progress bar counts the rows)
             for batch in out.iter_batches(batch_size=None, batch_format="numpy", prefetch_batches=1):
                 rows = np.asarray(batch["row"], dtype=np.int64)
