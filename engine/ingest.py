@@ -5,6 +5,9 @@ Crash safety comes from one ordering rule: a window's vectors are written to ``v
 disk. A re-run asks Milvus which ids it holds, skips them, and embeds/inserts only the rest; each id is
 inserted at most once per run and never when already stored, so the collection ends with exactly N unique
 ids (no reliance on upsert semantics, which differ between Milvus Lite and a server).
+With ``stream`` (``--ray``: engine.distributed) the workers write Milvus first, by *upsert*, and the driver
+writes the file when the block comes back; an id a worker stored whose vector never reached the file is
+embedded again for the file only (the ``need_disk`` rows below), so the rule's outcome is the same.
 
 Memory stays bounded: the encoder yields windows of ``insert_batch`` rows, a bounded queue (two windows)
 feeds a writer thread that inserts while the model works on the next window, and rows go to the ``.npy``
