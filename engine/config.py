@@ -223,6 +223,38 @@ class StoreSettings(Section):
         return strip_uri_credentials(self.milvus_uri or "")[1] or None
 
 
+class DistributedSettings(Section):
+    """``--ray ADDRESS``: the embed and graph stages on a Ray cluster (:mod:`engine.distributed`)."""
+
+    STAGES = ("run", "embed", "graph")
+    ray: str | None = opt(
+        None,
+        "run the embed and graph stages on a Ray cluster: auto (the cluster at $RAY_ADDRESS), local (start one "
+        "on this machine with its GPUs and CPUs), ray://HOST:10001 or HOST:6379. Needs a Milvus that many "
+        "processes write: --milvus-uri local-server or a server URI (default: off, one process)",
+    )
+    ray_block: Int = opt(
+        2048,
+        "documents per Ray Data block with --ray: the unit of work, of retry after a lost worker and of resume "
+        "(default 2048)",
+        ge=1,
+        le=1_000_000,
+    )
+    ray_workers: OptInt = opt(
+        None,
+        "model replicas with --ray (default: one per GPU of the cluster, else one per CPU)",
+        ge=1,
+        le=4096,
+    )
+
+    @field_validator("ray")
+    @classmethod
+    def _ray_address(cls, value: str | None) -> str | None:
+        from engine.distributed.address import check_address
+
+        return None if value is None else _as_value_error(check_address, value)
+
+
 class GraphSettings(Section):
     STAGES = ("run", "graph", "cluster")
     graph_source: Literal["milvus", "exact"] = opt(
@@ -375,6 +407,7 @@ class EngineConfig(BaseSettings):
     corpus: CorpusSettings = Field(default_factory=CorpusSettings)
     embed: EmbedSettings = Field(default_factory=EmbedSettings)
     store: StoreSettings = Field(default_factory=StoreSettings)
+    distributed: DistributedSettings = Field(default_factory=DistributedSettings)
     graph: GraphSettings = Field(default_factory=GraphSettings)
     cluster: ClusterSettings = Field(default_factory=ClusterSettings)
     map: MapSettings = Field(default_factory=MapSettings)
@@ -411,6 +444,14 @@ class EngineConfig(BaseSettings):
                 f"--min-samples ({self.cluster.effective_min_samples}) must not exceed --k ({self.graph.k}): "
                 "core distances need that many neighbours in the graph"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _ray_needs_a_server(self) -> EngineConfig:
+        from engine.distributed.address import check_milvus_for_ray
+
+        if self.distributed.ray is not None:
+            _as_value_error(check_milvus_for_ray, self.store.explicit_milvus_uri)
         return self
 
     @property
@@ -480,10 +521,10 @@ def flag_of(name: str) -> str:
     return "--" + name.replace("_", "-")
 
 
-def _as_value_error(check: Any, *args: Any) -> None:
+def _as_value_error(check: Any, *args: Any) -> Any:
     """Run a store.py check (EngineError) inside a validator, where pydantic expects ValueError."""
     try:
-        check(*args)
+        return check(*args)
     except EngineError as exc:
         raise ValueError(str(exc)) from None
 

@@ -171,8 +171,22 @@ def auto_choices(cuda: bool, cuml_ok: bool) -> dict[str, Any]:
     return out
 
 
+def ray_info(address: str) -> dict[str, Any]:
+    """``--ray ADDRESS``: the cluster's nodes, CPUs and GPUs, and what ``engine run --ray`` would run there."""
+    from engine.distributed.cluster import ray_cluster
+    from engine.distributed.embed import EMBED_RESOURCES_NOTE
+
+    with ray_cluster(address) as info:
+        out = info.to_dict()
+    out["per_replica"] = EMBED_RESOURCES_NOTE
+    return out
+
+
 def doctor(
-    milvus_uri: str | None = None, milvus_token: str | None = None, probe_indexes: bool = True
+    milvus_uri: str | None = None,
+    milvus_token: str | None = None,
+    probe_indexes: bool = True,
+    ray: str | None = None,
 ) -> dict[str, Any]:
     """Collect the report as a JSON-able dict (the token itself is never included)."""
     t0 = time.perf_counter()
@@ -204,6 +218,8 @@ def doctor(
     }
     if milvus_uri:
         report["milvus"]["target"] = _safe(probe_milvus, milvus_uri, milvus_token, probe_indexes)
+    if ray:
+        report["ray"] = _safe(ray_info, ray)
     report["seconds"] = round(time.perf_counter() - t0, 2)
     return report
 
@@ -283,6 +299,22 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append(f"  clustering       {cl.get('method')}")
     lines.append(f"  --cluster-space graph  {cl.get('graph_space')}")
     lines.append(f"  UMAP             {auto.get('umap', {}).get('backend')}")
+    ray = report.get("ray")
+    if ray:
+        lines.append("")
+        lines.append("Ray cluster (--ray)")
+        if "error" in ray:
+            lines.append(f"  NOT usable: {ray['error']}")
+        else:
+            lines.append(f"  address          {ray.get('address')}")
+            for node in ray.get("nodes", []):
+                head = " (head)" if node.get("head") else ""
+                lines.append(
+                    f"  node {node.get('address')}{head}: {node.get('cpus'):g} CPUs, {node.get('gpus'):g} GPUs, "
+                    f"{node.get('memory_gb')} GiB"
+                )
+            lines.append(f"  total            {ray.get('cpus'):g} CPUs, {ray.get('gpus'):g} GPUs")
+            lines.append(f"  engine would run {ray.get('plan')}")
     lines.append("")
     lines.append(f"({report.get('seconds')} s)")
     return "\n".join(lines)
@@ -302,12 +334,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-index-probe", action="store_true", help="skip asking the server which index types it accepts"
     )
+    parser.add_argument(
+        "--ray",
+        default=None,
+        metavar="ADDRESS",
+        help="also describe this Ray cluster (auto, local, ray://HOST:10001, HOST:6379): nodes, GPUs, CPUs and "
+        "what `engine run --ray` would run there",
+    )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     args = parser.parse_args(argv)
     uri = args.milvus_uri or os.environ.get("MILVUS_URI") or None
     token = args.milvus_token or os.environ.get("MILVUS_TOKEN") or None
     try:
-        report = doctor(uri, token, probe_indexes=not args.no_index_probe)
+        if args.ray is not None:
+            from engine.distributed.address import check_address
+
+            args.ray = check_address(args.ray)
+        report = doctor(uri, token, probe_indexes=not args.no_index_probe, ray=args.ray)
     except EngineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

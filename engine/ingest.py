@@ -5,6 +5,9 @@ Crash safety comes from one ordering rule: a window's vectors are written to ``v
 disk. A re-run asks Milvus which ids it holds, skips them, and embeds/inserts only the rest; each id is
 inserted at most once per run and never when already stored, so the collection ends with exactly N unique
 ids (no reliance on upsert semantics, which differ between Milvus Lite and a server).
+With ``stream`` (``--ray``: engine.distributed) the workers write Milvus first, by *upsert*, and the driver
+writes the file when the block comes back; an id a worker stored whose vector never reached the file is
+embedded again for the file only (the ``need_disk`` rows below), so the rule's outcome is the same.
 
 Memory stays bounded: the encoder yields windows of ``insert_batch`` rows, a bounded queue (two windows)
 feeds a writer thread that inserts while the model works on the next window, and rows go to the ``.npy``
@@ -370,6 +373,7 @@ def ingest(
     queue_size: int = 2,
     fingerprint_key: str | None = None,
     precomputed: np.ndarray | None = None,
+    stream=None,
 ) -> IngestResult:
     """Embed ``frame`` (columns ``id``, ``text``) into ``vectors_path`` and Milvus; resume what is stored.
 
@@ -380,6 +384,9 @@ def ingest(
     seals a segment and each sealed segment is one more index that every graph query searches).
     ``precomputed`` (n, dim): the documents' vectors given by the caller (unit rows, frame order);
     the encoder then only names the model, nothing is embedded.
+    ``stream(store, ids, texts, insert)``: embeds elsewhere (engine.distributed, on a Ray cluster) and
+    stores the rows where ``insert`` is set itself; yields ``(rows, vectors)`` (rows index its arguments,
+    blocks in any order). This function still decides what to embed and writes ``vectors_path``.
     """
     from tqdm.auto import tqdm
 
@@ -436,20 +443,30 @@ def ingest(
         bar = tqdm(total=len(todo), desc="embed+ingest", unit="doc", disable=not progress)
         try:
             todo_texts = [texts[i] for i in todo]
-            chunks = (
-                encoder.iter_encode(todo_texts, window=insert_batch, on_batch=bar.update)
-                if precomputed is None
-                else (
-                    (start, np.asarray(precomputed[todo[start : start + insert_batch]], dtype=np.float32))
+            if stream is not None:  # rows come back stored (by the workers) in any order
+                chunks = (
+                    (rows, vec, True) for rows, vec in stream(store, ids[todo], todo_texts, insert_mask)
+                )
+            elif precomputed is None:
+                chunks = (
+                    (np.arange(start, start + len(vec)), vec, False)
+                    for start, vec in encoder.iter_encode(todo_texts, window=insert_batch, on_batch=bar.update)
+                )
+            else:
+                chunks = (
+                    (
+                        np.arange(start, min(start + insert_batch, len(todo))),
+                        np.asarray(precomputed[todo[start : start + insert_batch]], dtype=np.float32),
+                        False,
+                    )
                     for start in range(0, len(todo), insert_batch)
                 )
-            )
-            for start, vec in chunks:
+            for rows, vec, stored in chunks:
                 if writer.error is not None:
                     raise writer.error
-                pos = todo[start : start + len(vec)]
-                vf.write(pos, vec)  # durable before Milvus sees these ids
-                ins = insert_mask[start : start + len(vec)]
+                pos = todo[rows]
+                vf.write(pos, vec)  # durable before Milvus sees these ids (stream: before they are recorded)
+                ins = insert_mask[rows] & (not stored)
                 if ins.any():
                     sel_pos = pos[ins]
                     item = (ids[sel_pos], vec[ins], [texts[i] for i in sel_pos])
@@ -460,8 +477,8 @@ def ingest(
                         except queue.Full:
                             if writer.error is not None or not writer.is_alive():
                                 raise writer.error or EngineError("ingest: Milvus writer stopped") from None
-                if precomputed is not None:
-                    bar.update(len(vec))  # embedded rows move the bar per batch (on_batch)
+                if stream is not None or precomputed is not None:
+                    bar.update(len(vec))  # rows embedded here move the bar per batch (on_batch)
         finally:
             q.put(_DONE)
             writer.join()

@@ -55,6 +55,8 @@ class Pipeline:
         #: Set by a reader while another command holds the run (engine.rundir.reading): use this Milvus.
         self.use_milvus_uri: str | None = None
         self._encoder_cache: Any = None
+        self._ray: contextlib.ExitStack | None = None
+        self._ray_info: Any = None
 
     def __enter__(self) -> Pipeline:
         return self
@@ -63,7 +65,10 @@ class Pipeline:
         self.close()
 
     def close(self) -> None:
-        """Stop the engine-managed Milvus server, if this pipeline started one."""
+        """Leave the Ray cluster (stop it when local), stop the engine-managed Milvus server."""
+        if self._ray is not None:
+            self._ray.close()
+            self._ray = self._ray_info = None
         if self._server is not None:
             self._server.stop()
             self._server = None
@@ -133,6 +138,44 @@ class Pipeline:
             store.alive = lambda: server.running
         return store
 
+    # ---- Ray (--ray) ------------------------------------------------------------------------
+    def ray_cluster(self) -> Any:
+        """The Ray cluster of ``--ray`` (connected once per pipeline), None without --ray."""
+        address = self.config.distributed.ray
+        if address is None:
+            return None
+        if self._ray is None:
+            from engine.distributed.cluster import ray_cluster
+
+            stack = contextlib.ExitStack()
+            self._ray_info = stack.enter_context(ray_cluster(address))
+            self._ray = stack
+            plan = self._ray_info.plan(self.config.distributed.ray_workers)
+            self.details_["ray"] = f"{address}: {len(self._ray_info.nodes)} node(s); {plan}"
+            if address != "local" and self.resolved_milvus_uri() == LOCAL_SERVER_URI:
+                log.warning(
+                    "ray: --milvus-uri local-server listens on this machine only; workers on other nodes "
+                    "cannot reach it (use a Milvus server URI they can reach)"
+                )
+        return self._ray_info
+
+    def _remote_encoder(self) -> Any:
+        """--ray: the RayEncoder factory for :func:`engine.stages.embed_corpus` (None without --ray)."""
+        info = self.ray_cluster()
+        if info is None:
+            return None
+        from engine.distributed.embed import RayEncoder
+
+        d = self.config.distributed
+        return lambda settings: RayEncoder(
+            settings,
+            info.gpus,
+            info.replicas(d.ray_workers),
+            d.ray_block,
+            self.paths.ray_blocks,
+            self.progress,
+        )
+
     # ---- sequencing -------------------------------------------------------------------------
     @contextmanager
     def _stage(self, name: str):
@@ -188,6 +231,7 @@ class Pipeline:
             from engine.zeroshot import parse_topics
 
             parse_topics(cfg.report.topics)
+        self.ray_cluster()  # --ray: an address that does not answer fails here, before the model loads
 
     def embed(self):
         """Embed every document into ``embeddings.npy`` and Milvus, resuming what is already stored."""
@@ -196,7 +240,12 @@ class Pipeline:
         self._warn_language(self.config.embed.model)
         with self._stage("embed"):
             result = stages.embed_corpus(
-                self.frame, self.config.embed, self.open_store, self.paths, progress=self.progress
+                self.frame,
+                self.config.embed,
+                self.open_store,
+                self.paths,
+                progress=self.progress,
+                remote_encoder=self._remote_encoder(),
             )
         self._warn_language(result.model)
         self.ingest_ = result.ingest
@@ -213,9 +262,19 @@ class Pipeline:
                 graph = stages.build_graph(vectors, None, cfg.graph, None, self.paths)
             else:
                 ids = self.frame["id"].to_numpy(dtype=np.int64)
+                knn = None
+                if self.ray_cluster() is not None:
+                    from engine.distributed.graph import ray_knn_graph as knn
                 with self.open_store(dim=vectors.shape[1]) as store:
                     graph = stages.build_graph(
-                        vectors, ids, cfg.graph, store, self.paths, seed=cfg.seed, progress=self.progress
+                        vectors,
+                        ids,
+                        cfg.graph,
+                        store,
+                        self.paths,
+                        seed=cfg.seed,
+                        progress=self.progress,
+                        knn=knn,
                     )
         self.details_["graph"] = graph.meta["detail"]
         self.graph_ = graph

@@ -205,6 +205,8 @@ class RunPaths:
     knn_graph = property(lambda self: self.root / "knn_graph.npz")
     labels_stored = property(lambda self: self.root / "labels_stored.json")
     milvus_server = property(lambda self: self.root / "milvus_server")
+    #: --ray: one JSON line per embedded block (written once its vectors are on disk and in Milvus)
+    ray_blocks = property(lambda self: self.root / "ray_blocks.jsonl")
 
     def require(self, path: Path, stage: str) -> Path:
         """``path`` if an earlier stage wrote it, else EngineError naming the command that writes it."""

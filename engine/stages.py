@@ -233,11 +233,18 @@ def load_precomputed(path: str, n_documents: int) -> np.ndarray:
 
 
 def embed_corpus(
-    frame: pd.DataFrame, settings: Any, open_store: Any, paths: RunPaths, progress: bool = True
+    frame: pd.DataFrame,
+    settings: Any,
+    open_store: Any,
+    paths: RunPaths,
+    progress: bool = True,
+    remote_encoder: Any = None,
 ) -> EmbedResult:
     """Embed every document into ``embeddings.npy`` and Milvus, resuming what is already stored.
 
     ``open_store(dim)``: a context manager giving the run's store (the caller owns the connection).
+    ``remote_encoder(settings)``: an encoder that embeds elsewhere and stores the rows itself
+    (``engine.distributed.embed.RayEncoder``, --ray); ingest still decides what to embed and resumes.
     """
     from engine.ingest import check_model, ingest
 
@@ -247,6 +254,8 @@ def embed_corpus(
         encoder: Any = PrecomputedVectors(
             f"{PRECOMPUTED}{Path(settings.embeddings).name}:{settings.model}", precomputed.shape[1]
         )
+    elif remote_encoder is not None:
+        encoder = remote_encoder(settings)
     else:
         encoder = load_encoder(settings)
     check_model(paths.embeddings, encoder.name, restart=settings.restart)
@@ -260,6 +269,7 @@ def embed_corpus(
             progress=progress,
             fingerprint_key=f"{encoder.name}|{encoder.dim}|max_length={settings.max_length}",
             precomputed=precomputed,
+            stream=encoder.stream if remote_encoder is not None and precomputed is None else None,
         )
     return EmbedResult(result, encoder.name, f"{encoder.name} ({encoder.dim}-d, {encoder.device})")
 
@@ -274,6 +284,7 @@ def build_graph(
     seed: int | None = 0,
     progress: bool = True,
     rebuild_index: bool = True,
+    knn: Any = None,
 ) -> Any:
     """The k-nearest-neighbour graph (CSR, true Euclidean distances) from Milvus or exact search.
 
@@ -281,6 +292,8 @@ def build_graph(
     ``rebuild_index=False`` keeps a loaded one), check and tune recall@k on a sample
     (:mod:`engine.graph.tune` decides), then search every vector. ``graph.meta`` gets ``detail`` (for
     the summary) and ``seconds`` per step. Saved as ``knn_graph.npz`` when ``paths``.
+    ``knn``: the function that runs the full search (default :func:`engine.graph.build_knn_graph`;
+    --ray: ``engine.distributed.graph.ray_knn_graph``, same arguments and result).
     """
     from engine.graph import build_knn_graph, exact_knn
     from engine.graph.tune import check_recall
@@ -312,7 +325,7 @@ def build_graph(
         )
         seconds["recall_check"] = time.perf_counter() - t
         t = time.perf_counter()
-        graph = build_knn_graph(
+        graph = (knn or build_knn_graph)(
             store,
             vectors,
             ids,

@@ -289,3 +289,33 @@ def test_precedence_end_to_end(small_run, tmp_path):
     assert cluster["cluster_backend"] == "auto"  # environment over --config
     assert "n_clusters" not in cluster  # the flag `none` over the environment's 3
     assert _saved(out)["graph"]["k"] == 20
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [("local", "local"), (" AUTO ", "auto"), ("ray://head:10001", "ray://head:10001"), ("ray://head", "ray://head"),
+     ("10.0.0.5:6379", "10.0.0.5:6379")],
+)  # fmt: skip
+def test_ray_address_accepted(value: str, expected: str) -> None:
+    cfg = EngineConfig.from_flat(ray=value, milvus_uri="http://localhost:19530")
+    assert cfg.distributed.ray == expected
+
+
+@pytest.mark.parametrize(
+    ("flat", "needles"),
+    [
+        ({"ray": "head", "milvus_uri": "local-server"}, ["--ray 'head'", "port"]),
+        ({"ray": "http://head:1", "milvus_uri": "local-server"}, ["unknown scheme 'http'"]),
+        ({"ray": "head:0", "milvus_uri": "local-server"}, ["1..65535"]),
+        ({"ray": "local"}, ["Milvus Lite", "single-process", "--milvus-uri local-server"]),
+        ({"ray": "local", "milvus_uri": "x.db"}, ["--milvus-uri x.db is Milvus Lite"]),
+        ({"ray_block": 0}, ["--ray-block must be"]),
+    ],
+)
+def test_ray_options_refused_in_one_line(flat: dict, needles: list[str]) -> None:
+    with pytest.raises(EngineError) as info:
+        EngineConfig.from_flat(**flat)
+    message = str(info.value)
+    assert "\n" not in message
+    for needle in needles:
+        assert needle in message, message

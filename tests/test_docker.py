@@ -159,7 +159,7 @@ def test_dockerfile_cuda_base_nonroot_and_installs_engine() -> None:
     assert "download.pytorch.org/whl/${TORCH_CUDA}" in runs and "torch==${TORCH_VERSION}" in runs
     assert f"cuml-cu{cuda_major}" in runs and "pypi.nvidia.com" in runs
     assert f"cupy-cuda{cuda_major}x" in runs
-    assert '"/src"' in runs or " /src" in runs  # the engine itself
+    assert '"/src[ray]"' in runs  # the engine itself, with Ray for `engine run --ray` (KubeRay pods)
     assert "-c /tmp/constraints-gpu.txt" in runs
     users = [a for op, a in ins if op == "USER"]
     assert users and users[-1] not in ("root", "0"), "the image must end as a non-root user"
@@ -220,3 +220,54 @@ def test_readme_recipe_mentions_the_commands() -> None:
         "nvidia-ctk",
     ):
         assert needed in text, needed
+
+
+# ------------------------------------------------------------------------ beyond one machine (--ray)
+def _pins() -> dict[str, str]:
+    text = (DOCKER.parent / "constraints.txt").read_text()
+    return dict(ln.split("==", 1) for ln in text.splitlines() if "==" in ln and not ln.startswith("#"))
+
+
+def test_kuberay_raycluster_runs_the_engine_image_on_gpu_workers() -> None:
+    cluster = load("kuberay-raycluster.yaml")
+    assert cluster["apiVersion"] == "ray.io/v1" and cluster["kind"] == "RayCluster"
+    assert cluster["spec"]["rayVersion"] == _pins()["ray"]  # the Ray the engine's constraints pin
+    head = cluster["spec"]["headGroupSpec"]["template"]["spec"]
+    (head_c,) = head["containers"]
+    ports = {p["containerPort"] for p in head_c["ports"]}
+    assert {6379, 10001} <= ports  # the GCS (HOST:6379) and the Ray client (ray://HOST:10001)
+    env = {e["name"]: e for e in head_c["env"]}
+    assert env["RAY_ADDRESS"]["value"] == "127.0.0.1:6379"  # `engine run --ray auto` on the head
+    values = load("milvus-distributed-values.yaml")
+    assert env["MILVUS_URI"]["value"] == f"http://milvus:{values['service']['port']}"
+    assert "value" not in env["MILVUS_TOKEN"] and env["MILVUS_TOKEN"]["valueFrom"]["secretKeyRef"]["key"]
+    assert cluster["spec"]["headGroupSpec"]["rayStartParams"]["num-gpus"] == "0"  # no model on the driver
+    groups = cluster["spec"]["workerGroupSpecs"]
+    assert groups
+    images = {head_c["image"]}
+    for group in groups:
+        assert 1 <= group["minReplicas"] <= group["replicas"] <= group["maxReplicas"]
+        (worker,) = group["template"]["spec"]["containers"]
+        images.add(worker["image"])
+        limits = worker["resources"]["limits"]
+        assert int(limits["nvidia.com/gpu"]) >= 1  # one model replica per GPU
+        assert worker["resources"]["requests"]["nvidia.com/gpu"] == limits["nvidia.com/gpu"]
+        mounts = {m["name"]: m["mountPath"] for m in worker["volumeMounts"]}
+        assert mounts["models"] == "/models"  # the model the driver names must exist on the workers
+        assert {e["name"]: e.get("value") for e in worker["env"]}["HF_HOME"] == "/models"
+        claims = {v["name"] for v in group["template"]["spec"]["volumes"]}
+        assert set(mounts) <= claims
+    assert len(images) == 1  # the same engine image everywhere
+    claims = {v["name"] for v in head["volumes"]}
+    assert {m["name"] for m in head_c["volumeMounts"]} <= claims
+
+
+def test_milvus_distributed_helm_values() -> None:
+    values = load("milvus-distributed-values.yaml")
+    assert values["cluster"]["enabled"] is True and values["standalone"]["enabled"] is False
+    assert re.fullmatch(r"v2\.5\.\d+", values["image"]["all"]["tag"])  # Helm chart 4.2.x deploys Milvus 2.5
+    for component in ("proxy", "queryNode", "dataNode", "indexNode"):
+        assert int(values[component]["replicas"]) >= 1, component
+    assert values["etcd"]["replicaCount"] >= 3 and values["minio"]["mode"] == "distributed"
+    assert values["pulsarv3"]["enabled"] or values["kafka"]["enabled"]  # cluster mode needs a message queue
+    assert "helm install milvus " in (DOCKER / "milvus-distributed-values.yaml").read_text()

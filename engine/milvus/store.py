@@ -292,13 +292,50 @@ class MilvusStore:
         self._count_cache = None
 
     # ----------------------------------------------------------------- writes
-    def insert(
+    def connection_kwargs(self) -> dict[str, Any]:
+        """What another process needs to open this store (``MilvusStore(**kwargs)``): Ray workers.
+
+        Holds the token: pass it only to processes of the same trusted cluster, never log it.
+        """
+        return dict(
+            uri=self.uri,
+            token=self._token,
+            collection=self.collection,
+            dim=self.dim,
+            metric=self.metric,
+            index_type=self.index_type,
+            index_params=self.index_params,
+            search_params=self.search_params,
+            db_name=self.db_name,
+            text_max_bytes=self.text_max_bytes,
+            insert_batch_size=self.insert_batch_size,
+            timeout=self.timeout,
+            max_retries=self.max_retries,
+            retry_backoff=self.retry_backoff,
+        )
+
+    def upsert(
         self, ids: Sequence[int] | np.ndarray, vectors: np.ndarray, texts: Sequence[str] | None = None
+    ) -> int:
+        """Like :meth:`insert`, but a row whose id is stored replaces it (retried: idempotent).
+
+        Ray workers write with it: a block retried after a lost worker rewrites its rows, never
+        duplicates them. Servers only (Milvus Lite is refused with --ray).
+        """
+        return self.insert(ids, vectors, texts, upsert=True)
+
+    def insert(
+        self,
+        ids: Sequence[int] | np.ndarray,
+        vectors: np.ndarray,
+        texts: Sequence[str] | None = None,
+        upsert: bool = False,
     ) -> int:
         """Insert rows in batches of ``insert_batch_size``; returns the number inserted.
 
         On Milvus Lite 3.2.2 inserting an existing id replaces the row (measured); a server
-        keeps both rows, so callers resuming an ingest must skip ``existing_ids()`` first.
+        keeps both rows, so callers resuming an ingest must skip ``existing_ids()`` first
+        (or pass ``upsert=True``).
         """
         ids_arr = np.asarray(ids, dtype=np.int64).reshape(-1)
         vecs = np.asarray(vectors, dtype=np.float32)
@@ -330,7 +367,10 @@ class MilvusStore:
                 }
                 for i in range(start, stop)
             ]
-            self._insert_batch(rows)
+            if upsert:
+                self._call("upsert", self.client.upsert, self.collection, rows, timeout=self.timeout)
+            else:
+                self._insert_batch(rows)
             n += stop - start
         self._count_cache = None
         return n
