@@ -450,7 +450,9 @@ def ingest(
             elif precomputed is None:
                 chunks = (
                     (np.arange(start, start + len(vec)), vec, False)
-                    for start, vec in encoder.iter_encode(todo_texts, window=insert_batch, on_batch=bar.update)
+                    for start, vec in encoder.iter_encode(
+                        todo_texts, window=insert_batch, on_batch=bar.update
+                    )
                 )
             else:
                 chunks = (
