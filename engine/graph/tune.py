@@ -95,7 +95,7 @@ def tune_search_params(
     vectors: np.ndarray,
     ids: np.ndarray,
     k: int = 30,
-    target_recall: float = 0.95,
+    target_recall: float = 0.97,
     sample: int = 1000,
     search_params: dict[str, Any] | None = None,
     workers: int | None = None,
