@@ -5,9 +5,10 @@ StackOverflow titles (16,407, 20), search snippets (12,295, 8). Per method: NMI 
 (noise = its own label), noise share, clusters, seconds; seed ARI of seeds 1, 2, 3 against seed 42;
 and the ARI between the full run and a run on a random 90 % of the corpus, on the shared documents.
 The engine's graph is the exact k=30 kNN graph (what `engine run` builds below 50k documents: a FLAT
-Milvus index). Methods: ``engine`` (the default: consensus of 16 runs), ``engine_1run`` (one run, the
-old default), ``engine_true_k`` (--n-clusters = the class count), ``umap_hdbscan`` (UMAP 5-d ->
-HDBSCAN 15), ``evoc`` (EVoC defaults) and ``kmeans`` (the true k).
+Milvus index). Methods: ``engine`` (the default: Leiden communities, medoid of 8 runs),
+``engine_true_k`` (--n-clusters = the class count), ``engine_embedding`` (--cluster-space embedding:
+consensus of 16 node-embedding runs, the previous default), ``engine_1run`` (one node-embedding run),
+``umap_hdbscan`` (UMAP 5-d -> HDBSCAN 15), ``evoc`` (EVoC defaults) and ``kmeans`` (the true k).
 
     OMP_NUM_THREADS=2 python benchmarks/stability.py          # -> benchmarks/results/stability.json
 """
@@ -28,8 +29,8 @@ from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, os.path.dirname(HERE))
 
-from engine.cluster.space import cluster_embedding_space  # noqa: E402
-from engine.config import EngineConfig  # noqa: E402
+from engine.cluster.space import cluster_community_space, cluster_embedding_space  # noqa: E402
+from engine.config import EMBEDDING_RUNS, EngineConfig  # noqa: E402
 from engine.graph import exact_knn  # noqa: E402
 
 SHARED = os.path.abspath(os.path.join(HERE, "..", "..", "shared", "data"))
@@ -57,8 +58,25 @@ def method_fn(name: str, k_true: int):
     kw = {"min_cluster_size": cfg.cluster.min_cluster_size, "min_samples": cfg.cluster.effective_min_samples}
 
     def engine(x, seed, **extra):
+        """The default cluster space (Leiden communities) through the cluster stage's own function."""
+        return cluster_community_space(
+            exact_knn(x, cfg.graph.k, progress=False),
+            min_cluster_size=cfg.cluster.min_cluster_size,
+            seed=seed,
+            consensus_runs=cfg.cluster.effective_consensus_runs,
+            resolution=cfg.cluster.resolution,
+            **extra,
+        )
+
+    def embedding_space(x, seed, **extra):
+        runs = extra.pop("consensus_runs", EMBEDDING_RUNS)
         return cluster_embedding_space(
-            exact_knn(x, cfg.graph.k, progress=False), seed=seed, vectors=x, **kw, **extra
+            exact_knn(x, cfg.graph.k, progress=False),
+            seed=seed,
+            vectors=x,
+            consensus_runs=runs,
+            **kw,
+            **extra,
         )
 
     def umap_hdbscan(x, seed):
@@ -82,8 +100,9 @@ def method_fn(name: str, k_true: int):
 
     return {
         "engine": lambda x, s: engine(x, s).labels,
-        "engine_1run": lambda x, s: engine(x, s, consensus_runs=1).labels,
         "engine_true_k": lambda x, s: engine(x, s, n_clusters=k_true).labels,
+        "engine_embedding": lambda x, s: embedding_space(x, s).labels,
+        "engine_1run": lambda x, s: embedding_space(x, s, consensus_runs=1).labels,
         "umap_hdbscan": umap_hdbscan,
         "evoc": evoc_fn,
         "kmeans": kmeans,
@@ -128,7 +147,9 @@ def markdown(report: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="bbc,ag,stackoverflow,searchsnippets")
-    parser.add_argument("--methods", default="engine,engine_1run,engine_true_k,umap_hdbscan,evoc,kmeans")
+    parser.add_argument(
+        "--methods", default="engine,engine_true_k,engine_embedding,engine_1run,umap_hdbscan,evoc,kmeans"
+    )
     parser.add_argument("--out", default=RESULTS)
     parser.add_argument("--markdown", help="print the markdown table of this result JSON (no runs)")
     args = parser.parse_args(argv)

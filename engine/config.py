@@ -51,6 +51,9 @@ RUN_CONFIG_NAME = "run.toml"
 #: min_samples defaults per cluster space: the raw-graph HDBSCAN* keeps its measured 3; in the node
 #: embedding EVoC's 5 gave the better layers (benchmarks/quality.py).
 GRAPH_MIN_SAMPLES = 3
+#: Default --consensus-runs per cluster space (engine.cluster.communities / engine.cluster.consensus).
+COMMUNITY_RUNS = 8
+EMBEDDING_RUNS = 16
 EMBEDDING_MIN_SAMPLES = 5
 #: Words that mean None (the default / automatic choice) on the command line, in TOML and the environment.
 NONE_WORDS = ("none", "auto")
@@ -287,18 +290,26 @@ class GraphSettings(Section):
 
 class ClusterSettings(Section):
     STAGES = ("run", "cluster")
-    cluster_space: Literal["embedding", "graph"] = opt(
-        "embedding",
-        "embedding (default): a few-dimensional node embedding of the kNN graph, clustered in layers (a topic "
-        "tree); graph: HDBSCAN* directly on the raw kNN graph (one layer)",
+    cluster_space: Literal["communities", "embedding", "graph"] = opt(
+        "communities",
+        "communities (default): Leiden communities of the kNN graph in layers (a topic tree); embedding: "
+        "density clusters of a few-dimensional node embedding of the graph (EVoC's stages); graph: HDBSCAN* "
+        "directly on the raw kNN graph (one layer)",
     )
     n_clusters: OptInt = opt(
-        None, "primary layer of about N clusters (one run; default: the consensus of --consensus-runs)", ge=1
+        None, "primary layer of about N clusters (default: the layer the cluster space's rule picks)", ge=1
     )
-    consensus_runs: Int = opt(
-        16,
-        "node-embedding runs that vote on the clusters (default 16: the same topics whatever the seed; "
-        "1: a single run, faster and seed-dependent)",
+    resolution: Float = opt(
+        1.0,
+        "Leiden modularity resolution of the primary layer (communities space; default 1; higher gives more, "
+        "smaller topics)",
+        gt=0,
+    )
+    consensus_runs: OptInt = opt(
+        None,
+        "independent runs behind the primary (default: 8 Leiden runs, the one agreeing most with the others, "
+        "in the communities space; 16 node-embedding runs voting in the embedding space; 1: one run, faster "
+        "and seed-dependent)",
         ge=1,
         le=256,
     )
@@ -316,6 +327,13 @@ class ClusterSettings(Section):
     cluster_backend: Backend = opt("auto", "auto: cuML with a GPU, else CPU")
 
     @property
+    def effective_consensus_runs(self) -> int:
+        """--consensus-runs, else the default of the cluster space (communities 8, embedding 16)."""
+        if self.consensus_runs is not None:
+            return int(self.consensus_runs)
+        return COMMUNITY_RUNS if self.cluster_space == "communities" else EMBEDDING_RUNS
+
+    @property
     def effective_min_samples(self) -> int:
         """--min-samples, else the default of the cluster space (graph 3, embedding 5)."""
         if self.min_samples is not None:
@@ -327,8 +345,9 @@ class MapSettings(Section):
     STAGES = ("run", "map")
     map_method: Literal["auto", "embedding", "umap"] = opt(
         "auto",
-        "embedding: refine the cluster stage's node embedding to 2-D on the graph (auto's choice when it "
-        "exists; minutes at 1M); umap: umap-learn/cuML UMAP of the graph",
+        "embedding (auto's choice on the CPU): a node embedding of the graph (the cluster stage's with "
+        "--cluster-space embedding, else the map's own) refined to 2-D; minutes at 1M; umap: umap-learn/cuML "
+        "UMAP of the graph",
     )
     n_neighbors: Int = opt(15, "UMAP n_neighbors (default 15, at most --k)", ge=2)
     min_dist: Float = opt(0.1, "UMAP min_dist (default 0.1)", ge=0, le=1)

@@ -414,7 +414,8 @@ def load_graph(paths: RunPaths) -> Any:
 def cluster(
     graph: Any, vectors: Any, settings: Any, seed: int | None = 42, paths: RunPaths | None = None
 ) -> Any:
-    """Cluster layers on a node embedding of the kNN graph (default), or HDBSCAN* on the raw graph.
+    """Cluster layers: Leiden communities of the kNN graph (default), density clusters of its node
+    embedding, or HDBSCAN* on the raw graph.
 
     ``vectors``: the embeddings (or a function returning them: only the embedding space and the
     GPU backends read them). Returns a ClusterResult whose ``detail`` describes it; saves
@@ -424,10 +425,12 @@ def cluster(
     from engine.cluster.kernels import announce_compile, mark_compiled
     from engine.cluster.layers import relabel_by_size
     from engine.cluster.noise import assign_noise
-    from engine.cluster.space import cluster_embedding_space
+    from engine.cluster.space import cluster_community_space, cluster_embedding_space
 
     get_vectors = vectors if callable(vectors) else (lambda: vectors)
-    announce_compile(settings.cluster_space)
+    numba_space = settings.cluster_space != "communities"  # Leiden is igraph's C code: nothing to compile
+    if numba_space:
+        announce_compile(settings.cluster_space)
     if settings.cluster_space == "graph":
         result = cluster_graph(
             graph,
@@ -443,6 +446,22 @@ def cluster(
             result.labels, result.assigned = assign_noise(result.labels, graph.indices, graph.distances)
             result.labels = relabel_by_size(result.labels)  # ids stay ordered by size (0 = largest)
         result.detail = f"HDBSCAN* on the kNN graph ({result.backend})"
+    elif settings.cluster_space == "communities":
+        result = cluster_community_space(
+            graph,
+            min_cluster_size=settings.min_cluster_size,
+            n_clusters=settings.n_clusters,
+            assign=settings.assign_noise,
+            seed=seed,
+            consensus_runs=settings.effective_consensus_runs,
+            resolution=settings.resolution,
+        )
+        layers = result.layers
+        result.detail = (
+            f"{layers.n_layers} layers of communities of the kNN graph "
+            f"({', '.join(str(layers.n_clusters(i)) for i in range(layers.n_layers))} clusters); "
+            f"primary layer {layers.primary}: {layers.rule}"
+        )
     else:
         result = cluster_embedding_space(
             graph,
@@ -452,7 +471,7 @@ def cluster(
             assign=settings.assign_noise,
             seed=seed,
             vectors=get_vectors(),
-            consensus_runs=settings.consensus_runs,
+            consensus_runs=settings.effective_consensus_runs,
         )
         layers = result.layers
         result.detail = (
@@ -460,9 +479,10 @@ def cluster(
             f"({', '.join(str(layers.n_clusters(i)) for i in range(layers.n_layers))} clusters); "
             f"primary layer {layers.primary}: {layers.rule}"
         )
-        if result.stability is not None:
-            result.detail += f"; mean document stability {float(np.mean(result.stability)):.2f}"
-    mark_compiled(settings.cluster_space)
+    if getattr(result, "stability", None) is not None:
+        result.detail += f"; mean document stability {float(np.mean(result.stability)):.2f}"
+    if numba_space:
+        mark_compiled(settings.cluster_space)
     if not settings.assign_noise:
         result.assigned = None  # labels.parquet has an `assigned` column only when --assign-noise ran
     if paths is not None:
@@ -514,24 +534,27 @@ def layout(
 ) -> tuple[np.ndarray, str]:
     """2-D coordinates from the same kNN graph (no second neighbour search), and how they were made.
 
-    ``embedding`` (auto's choice when the cluster stage left its node embedding): start from that
-    embedding and refine on the graph (fast at 1M on 2 cores); ``umap``: umap-learn (or cuML) on the
-    graph. ``vectors`` (or a function returning them) only for a GPU backend. Saves ``coords.npy``.
+    ``embedding`` (auto's choice, except with the cuML backend): a few-dimensional node embedding of
+    the graph -- the cluster stage's when it left one, else made here -- refined to 2-D on the graph
+    (fast at 1M on 2 cores); ``umap``: umap-learn (or cuML) on the graph. ``vectors`` (or a function
+    returning them): the node embedding's PCA start, and the GPU backends. Saves ``coords.npy``.
     """
     from engine.project import layout_from_embedding, project_2d
 
     have_embedding = paths is not None and paths.cluster_embedding.exists()
     use_embedding = settings.map_method == "embedding" or (
-        settings.map_method == "auto" and have_embedding and settings.map_backend != "cuml"
+        settings.map_method == "auto" and settings.map_backend != "cuml"
     )
     if use_embedding:
-        if paths is None:
-            raise EngineError("--map-method embedding needs the cluster stage's embedding (a run directory)")
-        emb = paths.read(paths.cluster_embedding, "cluster", np.load)
-        if len(emb) != graph.n:
-            raise EngineError("cluster_embedding.npy does not match the graph: re-run `engine cluster`")
+        if have_embedding:
+            emb = paths.read(paths.cluster_embedding, "cluster", np.load)
+            if len(emb) != graph.n:
+                raise EngineError("cluster_embedding.npy does not match the graph: re-run `engine cluster`")
+            detail = "node embedding of the graph, started from the cluster embedding"
+        else:
+            emb = _node_embedding(graph, vectors, seed)
+            detail = "node embedding of the graph"
         coords = layout_from_embedding(graph, emb, random_state=seed)
-        detail = "node embedding of the graph, started from the cluster embedding"
     else:
         get_vectors = vectors if callable(vectors) else (lambda: vectors)
         coords = project_2d(
@@ -547,6 +570,20 @@ def layout(
         with atomic_output(paths.coords) as tmp:
             np.save(tmp, coords)
     return coords, detail
+
+
+def _node_embedding(graph: Any, vectors: Any, seed: int | None) -> np.ndarray:
+    """The map's own few-dimensional node embedding of the graph (EVoC's stages, one seeded run), for
+    cluster spaces that leave none (communities, graph)."""
+    from engine.cluster.embedding import embed_graph
+    from engine.cluster.kernels import announce_compile, mark_compiled
+    from engine.cluster.space import _init_vectors
+
+    get_vectors = vectors if callable(vectors) else (lambda: vectors)
+    announce_compile("embedding", stage="map", what="layout")
+    emb = embed_graph(graph, seed=seed, vectors=_init_vectors(get_vectors())).embedding
+    mark_compiled("embedding")
+    return emb
 
 
 def load_coords(paths: RunPaths) -> np.ndarray:

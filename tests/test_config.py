@@ -243,14 +243,19 @@ def _same(a: dict[str, np.ndarray], b: dict[str, np.ndarray]) -> bool:
 def test_min_samples_none_over_a_config_file_changes_the_clustering(small_run, tmp_path):
     out = tmp_path / "run"
     shutil.copytree(small_run / "run", out)
-    before = _labels(out)
     config = small_run / "base.toml"
-    proc = _engine("cluster", "--out", str(out), "--config", str(config), "--min-samples", "none", "--quiet")
+    space = ("--cluster-space", "embedding")  # min_samples shapes the embedding space's density layers
+    proc = _engine("cluster", "--out", str(out), "--config", str(config), *space, "--quiet")
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    before = _labels(out)
+    proc = _engine(
+        "cluster", "--out", str(out), "--config", str(config), *space, "--min-samples", "none", "--quiet"
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "min_samples" not in _saved(out)["cluster"]
     reset = _labels(out)
     assert not _same(before, reset)  # the old merge ignored `none` and kept min_samples = 15
-    proc = _engine("cluster", "--out", str(out), "--min-samples", "5", "--quiet")
+    proc = _engine("cluster", "--out", str(out), *space, "--min-samples", "5", "--quiet")
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert _same(reset, _labels(out))  # none = the embedding space's default, 5
 

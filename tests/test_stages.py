@@ -28,31 +28,38 @@ def graph_and_vectors():
     return exact_knn(x, 15, device="cpu", progress=False), x, truth
 
 
-def test_cluster_stage_saves_what_it_returns_and_loads_it_back(tmp_path, graph_and_vectors) -> None:
+@pytest.mark.parametrize("space", ["communities", "embedding"])
+def test_cluster_stage_saves_what_it_returns_and_loads_it_back(tmp_path, graph_and_vectors, space) -> None:
     graph, x, _ = graph_and_vectors
     paths = RunPaths(tmp_path)
-    settings = EngineConfig.from_flat(k=15).cluster
+    settings = EngineConfig.from_flat(k=15, cluster_space=space).cluster
     result = stages.cluster(graph, lambda: x, settings, seed=42, paths=paths)
-    assert result.detail.startswith(f"{result.layers.n_layers} layers on a")
+    described = "layers of communities" if space == "communities" else "layers on a"
+    assert result.detail.startswith(f"{result.layers.n_layers} {described}")
     saved = stages.load_clusters(paths)
     for key, value in stages.cluster_arrays(result).items():
         np.testing.assert_array_equal(saved[key], value)
     assert "assigned" not in saved  # only --assign-noise adds the column
-    assert paths.cluster_embedding.exists()
+    assert "stability" in saved
+    # only the embedding space leaves a node embedding for the map to start from
+    assert paths.cluster_embedding.exists() == (space == "embedding")
 
 
-def test_graph_space_removes_a_stale_embedding_and_the_layout_falls_back_to_umap(tmp_path, graph_and_vectors):
+def test_graph_space_removes_a_stale_embedding_and_the_layout_makes_its_own(tmp_path, graph_and_vectors):
     graph, x, _ = graph_and_vectors
     paths = RunPaths(tmp_path)
     cfg = EngineConfig.from_flat(k=15, cluster_space="graph", cluster_backend="cpu", map_backend="cpu")
-    stages.cluster(graph, x, EngineConfig.from_flat(k=15).cluster, paths=paths)
+    stages.cluster(graph, x, EngineConfig.from_flat(k=15, cluster_space="embedding").cluster, paths=paths)
     assert paths.cluster_embedding.exists()
     result = stages.cluster(graph, x, cfg.cluster, paths=paths)
     assert result.detail == "HDBSCAN* on the kNN graph (cpu)"
     assert not paths.cluster_embedding.exists()
-    coords, detail = stages.layout(graph, cfg.map, seed=42, paths=paths)
-    assert detail == "UMAP of the graph" and coords.shape == (len(x), 2)
+    coords, detail = stages.layout(graph, cfg.map, seed=42, paths=paths, vectors=x)
+    assert detail == "node embedding of the graph" and coords.shape == (len(x), 2)
     np.testing.assert_array_equal(stages.load_coords(paths), coords)
+    umap_cfg = EngineConfig.from_flat(k=15, map_method="umap", map_backend="cpu")
+    coords, detail = stages.layout(graph, umap_cfg.map, seed=42, paths=paths)
+    assert detail == "UMAP of the graph" and coords.shape == (len(x), 2)
 
 
 def test_label_frame_refuses_outputs_of_another_corpus(graph_and_vectors) -> None:

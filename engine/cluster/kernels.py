@@ -49,12 +49,14 @@ def marker(space: str) -> Path:
     return _cache_dir() / f"engine-kernels-{space}-{_key(space)}.ok"
 
 
-def announce_compile(space: str) -> bool:
+def announce_compile(space: str, stage: str = "cluster", what: str = "clustering") -> bool:
     """Log one line if the kernels of ``space`` ("embedding" or "graph") are not compiled yet."""
     if marker(space).exists():
         return False
     log.info(
-        "cluster: compiling the clustering kernels (first run after installing only, %s; later runs reuse them)",
+        "%s: compiling the %s kernels (first run after installing only, %s; later runs reuse them)",
+        stage,
+        what,
         COMPILE_NOTE,
     )
     return True

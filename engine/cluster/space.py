@@ -12,6 +12,8 @@ from typing import Any
 
 import numpy as np
 
+from engine.cluster.communities import DEFAULT_RESOLUTION, cluster_communities
+from engine.cluster.communities import DEFAULT_RUNS as COMMUNITY_RUNS
 from engine.cluster.consensus import DEFAULT_RUNS, consensus_layers, run_seeds
 from engine.cluster.embedding import DEFAULT_N_NEIGHBORS, DEFAULT_NOISE_LEVEL, embed_graph, fuzzy_graph
 from engine.cluster.graph_hdbscan import ClusterResult
@@ -19,7 +21,7 @@ from engine.cluster.layers import ClusterLayers, build_layers, parent_links, rel
 from engine.cluster.noise import assign_noise
 from engine.errors import EngineError
 
-SPACES = ("embedding", "graph")
+SPACES = ("communities", "embedding", "graph")
 #: Fewer documents than this cannot be embedded in the node embedding's few dimensions (measured: 2 and 3
 #: documents raised in its PCA start, 4 worked); such corpora are all noise.
 MIN_EMBED_DOCUMENTS = 4
@@ -106,6 +108,69 @@ def cluster_embedding_space(
     else:
         layers = consensus_layers(np.asarray(graph.indices), [r.labels for r in run_layers], min_cluster_size)
     t2 = time.perf_counter()
+    result = _result_from_layers(
+        layers, graph, assign, emb.embedding, t0, {"runs": t1 - t0, "consensus": t2 - t1}
+    )
+    # per-document stability (share of runs agreeing with the consensus); None for a single run
+    result.stability = layers.strengths[layers.primary] if n_runs > 1 else None
+    result.embedding = emb.embedding
+    return result
+
+
+def cluster_community_space(
+    graph: Any,
+    min_cluster_size: int = 5,
+    n_clusters: int | None = None,
+    assign: bool = False,
+    seed: int | None = 42,
+    consensus_runs: int = COMMUNITY_RUNS,
+    resolution: float = DEFAULT_RESOLUTION,
+) -> ClusterResult:
+    """Leiden communities of ``graph`` in layers (engine.cluster.communities); the default cluster space.
+
+    No node embedding is made here (``result.embedding`` is None): the map stage makes its own.
+    """
+    if min_cluster_size < 2:
+        raise EngineError(f"min_cluster_size must be >= 2, got {min_cluster_size}")
+    if n_clusters is not None and n_clusters < 1:
+        raise EngineError(f"n_clusters must be >= 1, got {n_clusters}")
+    t0 = time.perf_counter()
+    n = int(np.asarray(graph.indices).shape[0])
+    if not np.any(np.asarray(graph.distances) > 0):
+        return _no_structure(n, seed, time.perf_counter() - t0)
+    if n < max(min_cluster_size, MIN_EMBED_DOCUMENTS):
+        return _no_structure(
+            n,
+            seed,
+            time.perf_counter() - t0,
+            rule=f"too few documents ({n}) for a cluster of --min-cluster-size {min_cluster_size}",
+        )
+    layers = cluster_communities(
+        graph,
+        min_cluster_size=min_cluster_size,
+        n_clusters=n_clusters,
+        seed=seed,
+        runs=consensus_runs,
+        resolution=resolution,
+    )
+    result = _result_from_layers(layers, graph, assign, None, t0, {"communities": time.perf_counter() - t0})
+    result.stability = layers.strengths[layers.primary] if consensus_runs > 1 else None
+    result.embedding = None
+    return result
+
+
+def _result_from_layers(
+    layers: ClusterLayers,
+    graph: Any,
+    assign: bool,
+    space: np.ndarray | None,
+    t0: float,
+    timings: dict[str, float],
+) -> ClusterResult:
+    """The ClusterResult of a layered clustering: primary labels, strengths as probabilities, and
+    (``assign``) every layer's noise given to its neighbours' cluster, ids kept ordered by size."""
+    n = int(np.asarray(graph.indices).shape[0])
+    t2 = time.perf_counter()
     labels = layers.labels[layers.primary]
     strengths = layers.strengths[layers.primary]
     noise_before = float((labels < 0).mean()) if n else 0.0
@@ -114,7 +179,7 @@ def cluster_embedding_space(
         g_idx, g_dist = np.asarray(graph.indices), np.asarray(graph.distances)
         new_layers = []
         for i, lab in enumerate(layers.labels):
-            new, mask = assign_noise(lab, g_idx, g_dist, space=emb.embedding)
+            new, mask = assign_noise(lab, g_idx, g_dist, space=space)
             new_layers.append(relabel_by_size(new))  # ids stay ordered by size (0 = largest)
             if i == layers.primary:
                 assigned = mask
@@ -132,12 +197,9 @@ def cluster_embedding_space(
         backend="cpu",
         n_clusters=int(labels.max()) + 1 if labels.size else 0,
         seconds=t3 - t0,
-        timings={"runs": t1 - t0, "consensus": t2 - t1, "assign_noise": t3 - t2},
+        timings={**timings, "assign_noise": t3 - t2},
     )
-    # per-document stability (share of runs agreeing with the consensus); None for a single run
-    result.stability = layers.strengths[layers.primary] if n_runs > 1 else None
     result.layers = layers
-    result.embedding = emb.embedding
     result.assigned = assigned
     result.noise_before = noise_before
     return result

@@ -1,0 +1,122 @@
+"""The default cluster space: Leiden communities of the kNN graph (engine.cluster.communities)."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+from sklearn.metrics import adjusted_rand_score
+
+from engine.cluster.communities import (
+    cluster_communities,
+    igraph_from_edges,
+    medoid,
+    small_to_noise,
+    undirected_edges,
+)
+from engine.cluster.space import cluster_community_space
+from engine.graph import exact_knn
+
+
+def _blobs(groups: int, per_group: int, sub: int = 1, dim: int = 16, seed: int = 0):
+    """Unit vectors in ``groups`` well-separated directions, each split into ``sub`` closer sub-groups."""
+    rng = np.random.default_rng(seed)
+    centres = rng.normal(size=(groups, dim)) * 4
+    offsets = rng.normal(size=(groups, sub, dim)) * 1.2
+    x, top, fine = [], [], []
+    for g in range(groups):
+        for s in range(sub):
+            x.append(centres[g] + offsets[g, s] + rng.normal(scale=0.25, size=(per_group // sub, dim)))
+            top += [g] * (per_group // sub)
+            fine += [g * sub + s] * (per_group // sub)
+    x = np.vstack(x).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    return x, np.array(top), np.array(fine)
+
+
+def test_undirected_edges_keep_each_pair_once_and_skip_missing_and_self():
+    idx = np.array([[1, 2], [0, -1], [0, 2], [3, 3]])
+    rows, cols = undirected_edges(idx)
+    assert sorted(zip(rows.tolist(), cols.tolist(), strict=True)) == [(0, 1), (0, 2)]
+
+
+def test_igraph_keeps_isolated_trailing_nodes():
+    g = igraph_from_edges(5, np.array([0]), np.array([1]))
+    assert (g.vcount(), g.ecount()) == (5, 1)
+
+
+def test_planted_communities_are_found_and_layers_are_nested():
+    x, top, fine = _blobs(groups=4, per_group=120, sub=3)
+    layers = cluster_communities(exact_knn(x, 15, progress=False), min_cluster_size=5, seed=42, runs=4)
+    counts = [layers.n_clusters(i) for i in range(layers.n_layers)]
+    assert counts == sorted(counts, reverse=True)  # finest first
+    primary = layers.labels[layers.primary]
+    assert adjusted_rand_score(top, primary) > 0.95 or adjusted_rand_score(fine, primary) > 0.95
+    for i in range(layers.n_layers - 1):  # each cluster lies inside exactly one cluster of the next layer
+        lo, hi = layers.labels[i], layers.labels[i + 1]
+        for c in range(layers.n_clusters(i)):
+            parents = np.unique(hi[(lo == c) & (hi >= 0)])
+            assert parents.size <= 1
+            assert parents.size == 0 or layers.parents[i][c] == parents[0]
+    sizes = np.bincount(primary[primary >= 0])
+    assert list(sizes) == sorted(sizes, reverse=True)  # ids ordered by size
+    assert np.all((layers.strengths[layers.primary] >= 0) & (layers.strengths[layers.primary] <= 1))
+
+
+def _planted_graph(pairs: int = 3, size: int = 40, k: int = 16, seed: int = 0):
+    """A kNN-like graph of 2 * ``pairs`` groups: 12 neighbours in the own group, 3 in the paired group,
+    1 anywhere (so the graph is connected); returns (graph, pair label, group label)."""
+    rng = np.random.default_rng(seed)
+    group = np.repeat(np.arange(2 * pairs), size)
+    n = group.size
+    members = [np.flatnonzero(group == g) for g in range(2 * pairs)]
+    idx = np.empty((n, k), dtype=np.int64)
+    for i in range(n):
+        own = members[group[i]][members[group[i]] != i]
+        twin = members[group[i] ^ 1]
+        idx[i] = np.concatenate(
+            [rng.choice(own, 12, replace=False), rng.choice(twin, 3, replace=False), rng.choice(n, 1)]
+        )
+    return SimpleNamespace(indices=idx), group // 2, group
+
+
+def test_same_seed_same_labels_and_n_clusters_is_met():
+    graph, pair, group = _planted_graph()
+    a = cluster_communities(graph, seed=7, runs=3)
+    b = cluster_communities(graph, seed=7, runs=3)
+    assert all(np.array_equal(p, q) for p, q in zip(a.labels, b.labels, strict=True))
+    for k, truth in ((3, pair), (6, group)):
+        got = cluster_communities(graph, seed=7, runs=3, n_clusters=k)
+        assert got.n_clusters(got.primary) == k
+        assert adjusted_rand_score(truth, got.labels[got.primary]) > 0.9
+        assert f"--n-clusters {k}" in got.rule
+
+
+def test_small_communities_become_noise():
+    lab = small_to_noise(np.array([0, 0, 0, 1, 2, 2, 2, 2]), min_cluster_size=3)
+    assert lab.tolist() == [1, 1, 1, -1, 0, 0, 0, 0]
+
+
+def test_medoid_is_the_partition_the_others_agree_with():
+    a = np.array([0, 0, 1, 1, 2, 2])
+    odd = np.array([0, 1, 0, 1, 0, 1])
+    assert medoid([odd, a, a.copy(), a + 3]) == 1
+
+
+def test_community_space_result_carries_stability_and_assign_keeps_size_order():
+    x, _, _ = _blobs(groups=3, per_group=80)
+    graph = exact_knn(x, 10, progress=False)
+    res = cluster_community_space(graph, min_cluster_size=5, seed=1, consensus_runs=3, assign=True)
+    assert res.embedding is None  # the map stage makes its own layout
+    assert res.stability is not None and res.stability.shape == (len(x),)
+    assert res.n_clusters == 3 and (res.labels >= 0).all()
+    sizes = np.bincount(res.labels)
+    assert list(sizes) == sorted(sizes, reverse=True)
+
+
+@pytest.mark.parametrize("bad", [{"runs": 0}, {"resolution": 0.0}])
+def test_bad_parameters_are_named(bad):
+    x, _, _ = _blobs(groups=2, per_group=20)
+    with pytest.raises(Exception, match="consensus_runs|resolution"):
+        cluster_communities(exact_knn(x, 5, progress=False), **bad)
