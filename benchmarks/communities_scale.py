@@ -7,8 +7,8 @@ peak RSS of the process during the cluster stage): a graph of copies says nothin
 that size (benchmarks/stability.py measures quality on the real corpora).
 
 Rows: ``communities`` (the default: 8 Leiden runs, medoid, finer and coarser layers), the
-``embedding`` space with one run (the single-run cluster stage that issue 19 calls "today") and its
-16-run consensus (the previous default; 100k only: ~16x the single run).
+``embedding`` space with one run (the single-run cluster stage that issue 19 calls "today"; the previous
+default ran 16 of them, ~16x: RESULTS.md section 12) and ``embedding_16runs`` (``--child N METHOD`` only).
 
     OMP_NUM_THREADS=2 python benchmarks/communities_scale.py   # -> benchmarks/results/communities_scale.json
 """
@@ -108,8 +108,6 @@ def main(argv: list[str] | None = None) -> int:
     plan = []
     for n in [int(s) for s in args.sizes.split(",")]:
         plan += [(n, "embedding_1run"), (n, "communities")]
-        if n <= 100_000:
-            plan.append((n, "embedding_16runs"))
     report = {
         "what": __doc__.splitlines()[0],
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",

@@ -546,15 +546,24 @@ def layout(
         settings.map_method == "auto" and settings.map_backend != "cuml"
     )
     if use_embedding:
+        from engine.cluster.kernels import announce_compile, mark_compiled
+
+        announce_compile("layout", stage="map", what="layout")
         if have_embedding:
             emb = paths.read(paths.cluster_embedding, "cluster", np.load)
             if len(emb) != graph.n:
                 raise EngineError("cluster_embedding.npy does not match the graph: re-run `engine cluster`")
             detail = "node embedding of the graph, started from the cluster embedding"
+        elif paths is not None and paths.clusters_npz.exists():
+            from engine.project import community_start
+
+            emb = community_start(graph, load_clusters(paths)["labels"], seed=seed)
+            detail = "graph layout started from the topics' places"
         else:
             emb = _node_embedding(graph, vectors, seed)
             detail = "node embedding of the graph"
         coords = layout_from_embedding(graph, emb, random_state=seed)
+        mark_compiled("layout")
     else:
         get_vectors = vectors if callable(vectors) else (lambda: vectors)
         coords = project_2d(
@@ -573,17 +582,13 @@ def layout(
 
 
 def _node_embedding(graph: Any, vectors: Any, seed: int | None) -> np.ndarray:
-    """The map's own few-dimensional node embedding of the graph (EVoC's stages, one seeded run), for
-    cluster spaces that leave none (communities, graph)."""
+    """A few-dimensional node embedding of the graph (EVoC's stages, one seeded run) for a map made
+    without the cluster stage's outputs."""
     from engine.cluster.embedding import embed_graph
-    from engine.cluster.kernels import announce_compile, mark_compiled
     from engine.cluster.space import _init_vectors
 
     get_vectors = vectors if callable(vectors) else (lambda: vectors)
-    announce_compile("embedding", stage="map", what="layout")
-    emb = embed_graph(graph, seed=seed, vectors=_init_vectors(get_vectors())).embedding
-    mark_compiled("embedding")
-    return emb
+    return embed_graph(graph, seed=seed, vectors=_init_vectors(get_vectors())).embedding
 
 
 def load_coords(paths: RunPaths) -> np.ndarray:

@@ -46,6 +46,15 @@ def test_igraph_keeps_isolated_trailing_nodes():
     assert (g.vcount(), g.ecount()) == (5, 1)
 
 
+def test_igraph_gets_exactly_the_edges_given_whatever_the_digits():
+    rng = np.random.default_rng(3)
+    rows = rng.integers(0, 12_345, 5_000)
+    cols = rng.integers(0, 12_345, 5_000)
+    g = igraph_from_edges(12_345, rows, cols)
+    assert g.vcount() == 12_345
+    assert g.get_edgelist() == [tuple(sorted(e)) for e in zip(rows.tolist(), cols.tolist(), strict=True)]
+
+
 def test_planted_communities_are_found_and_layers_are_nested():
     x, top, fine = _blobs(groups=4, per_group=120, sub=3)
     layers = cluster_communities(exact_knn(x, 15, progress=False), min_cluster_size=5, seed=42, runs=4)
@@ -120,3 +129,22 @@ def test_bad_parameters_are_named(bad):
     x, _, _ = _blobs(groups=2, per_group=20)
     with pytest.raises(Exception, match="consensus_runs|resolution"):
         cluster_communities(exact_knn(x, 5, progress=False), **bad)
+
+
+def test_map_start_places_topics_apart_and_documents_near_their_topic():
+    from engine.project import community_start
+
+    graph, pair, group = _planted_graph()
+    start = community_start(graph, group, seed=0)
+    assert start.shape == (group.size, 2) and np.isfinite(start).all()
+    centres = np.array([start[group == g].mean(axis=0) for g in range(group.max() + 1)])
+    spread = max(
+        np.linalg.norm(start[group == g] - centres[g], axis=1).mean() for g in range(group.max() + 1)
+    )
+    gaps = [np.linalg.norm(centres[a] - centres[b]) for a in range(len(centres)) for b in range(a)]
+    assert (
+        min(gaps) > spread
+    )  # every topic's documents sit closer to their own place than topics to each other
+    noisy = group.copy()
+    noisy[:3] = -1  # noise documents start among their neighbours' topics
+    assert np.isfinite(community_start(graph, noisy, seed=0)).all()

@@ -152,7 +152,8 @@ def test_ray_local_equals_single_process(
 
     - one block (``--ray-block`` >= N): the same batches, so bit-identical embeddings, and through the Ray
       graph search the same graph and identical labels;
-    - blocks of 200 on 2 replicas: embeddings within 1e-4 (other batches round differently, ~1e-7);
+    - blocks of 200 on 2 replicas: embeddings within 1e-4 (other batches round differently, ~1e-7), the
+      same graph and identical labels;
     - Milvus holds every document exactly once either way.
     """
     single = tmp_path / "single"
@@ -183,7 +184,7 @@ def test_ray_local_equals_single_process(
     blocks = tmp_path / "ray_blocks"
     p3 = engine(
         *_args(
-            "embed",
+            "run",
             news,
             blocks,
             minilm_path,
@@ -203,6 +204,11 @@ def test_ray_local_equals_single_process(
     assert ledger[0]["blocks"] == 5 and sum(e["documents"] for e in ledger[1:]) == N_DOCS
     assert len({e["worker"] for e in ledger[1:]}) == 2  # an actor pool of 2 model replicas (2 CPUs)
     _assert_exactly_once(milvus_server, milvus_server_token, "t_ray5", blocks)
+    # the ~1e-7 differences leave the kNN graph, and so the Leiden topics, as they were
+    graph_c = np.load(blocks / "knn_arrays.npz")
+    assert np.array_equal(graph_a["indices"], graph_c["indices"])
+    labels_c = pd.read_parquet(blocks / "labels.parquet")
+    pd.testing.assert_frame_equal(labels_a[["id", *label_columns]], labels_c[["id", *label_columns]])
 
 
 @pytest.mark.slow

@@ -55,8 +55,10 @@ def test_graph_space_removes_a_stale_embedding_and_the_layout_makes_its_own(tmp_
     assert result.detail == "HDBSCAN* on the kNN graph (cpu)"
     assert not paths.cluster_embedding.exists()
     coords, detail = stages.layout(graph, cfg.map, seed=42, paths=paths, vectors=x)
-    assert detail == "node embedding of the graph" and coords.shape == (len(x), 2)
+    assert detail == "graph layout started from the topics' places" and coords.shape == (len(x), 2)
     np.testing.assert_array_equal(stages.load_coords(paths), coords)
+    coords, detail = stages.layout(graph, cfg.map, seed=42, vectors=x)  # no run directory: its own embedding
+    assert detail == "node embedding of the graph" and coords.shape == (len(x), 2)
     umap_cfg = EngineConfig.from_flat(k=15, map_method="umap", map_backend="cpu")
     coords, detail = stages.layout(graph, umap_cfg.map, seed=42, paths=paths)
     assert detail == "UMAP of the graph" and coords.shape == (len(x), 2)

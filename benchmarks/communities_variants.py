@@ -1,0 +1,185 @@
+"""How the communities default was chosen: variants of the primary clustering on the same graphs (issue 19).
+
+For each labelled corpus (MiniLM vectors, exact k=30 graph, as benchmarks/stability.py) and each variant: NMI,
+seed ARI (seeds 1, 2, 3 vs 42) and 90 %-subsample ARI. Variants:
+
+* Leiden on the kNN graph (engine.cluster.communities functions): edge weights ``ones`` (the default), ``cos``
+  (cosine similarity) or ``fuzzy`` (EVoC's UMAP weights); k=15 instead of 30; the primary picked as the medoid of
+  R = 4, 8 (default), 16 runs, or as the run of highest modularity.
+* The §12 consensus of 16 node-embedding runs with other final steps: connected components of the edges agreed
+  by > 30 % (the §12 default), the same on mutual kNN edges only, and Leiden on the co-association-weighted graph.
+
+    OMP_NUM_THREADS=2 python benchmarks/communities_variants.py  # -> benchmarks/results/communities_variants.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+import scipy.sparse as sp
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+sys.path.insert(0, str(HERE))
+
+from stability import BASE_SEED, CACHE, SEEDS, load  # noqa: E402
+
+from engine.cluster import communities as C  # noqa: E402
+from engine.cluster.consensus import coassociation, majority_clusters, run_seeds  # noqa: E402
+from engine.graph import exact_knn  # noqa: E402
+
+MCS = 5
+
+
+def _weighted_graph(idx: np.ndarray, w: np.ndarray):
+    import igraph as ig
+
+    n, k = idx.shape
+    ok = idx >= 0
+    rows = np.repeat(np.arange(n), k)[ok.ravel()]
+    a = sp.coo_matrix((w[ok].astype(np.float64), (rows, idx[ok])), shape=(n, n)).tocsr()
+    a = sp.triu(a.maximum(a.T), k=1).tocoo()
+    g = ig.Graph(n=n, edges=np.column_stack([a.row, a.col]).tolist())
+    g.es["weight"] = a.data.tolist()
+    return g
+
+
+def leiden_variant(graph, seed: int, weights: str = "ones", k: int = 30, runs: int = 8, pick: str = "medoid"):
+    idx = np.asarray(graph.indices)[:, :k].astype(np.int64)
+    if weights == "ones":
+        rows, cols = C.undirected_edges(idx)
+        g, attr = C.igraph_from_edges(idx.shape[0], rows, cols), None
+    elif weights == "cos":
+        g, attr = (
+            _weighted_graph(idx, np.clip(1 - np.asarray(graph.distances)[:, :k] ** 2 / 2, 0, 1)),
+            "weight",
+        )
+    else:  # fuzzy: EVoC's symmetric UMAP weights
+        from engine.cluster.embedding import fuzzy_graph
+
+        f = sp.triu(fuzzy_graph(graph, 15), k=1).tocoo()
+        import igraph as ig
+
+        g = ig.Graph(n=idx.shape[0], edges=np.column_stack([f.row, f.col]).tolist())
+        g.es["weight"] = f.data.astype(np.float64).tolist()
+        attr = "weight"
+    parts = [C.leiden(g, 1.0, s, weights=attr) for s in run_seeds(seed, runs)]
+    if pick == "modularity":
+        best = int(np.argmax([g.modularity(p.tolist(), weights=attr) for p in parts]))
+    else:
+        best = C.medoid([C.small_to_noise(p, MCS) for p in parts])
+    return C.small_to_noise(parts[best], MCS)
+
+
+def embedding_runs(graph, x: np.ndarray, seed: int) -> list[list[np.ndarray]]:
+    from engine.cluster.embedding import embed_graph, fuzzy_graph
+    from engine.cluster.layers import build_layers
+    from engine.cluster.space import _init_vectors
+
+    fz, init = fuzzy_graph(graph, 15), _init_vectors(x)
+    out = []
+    for s in run_seeds(seed, 16):
+        emb = embed_graph(graph, seed=s, vectors=init, fuzzy=fz).embedding
+        out.append(build_layers(emb, min_cluster_size=MCS, min_samples=5, seed=s).labels)
+    return out
+
+
+def consensus_variant(graph, runs: list[list[np.ndarray]], final: str) -> np.ndarray:
+    idx = np.asarray(graph.indices).astype(np.int64)
+    w = coassociation(idx, [lab for layers in runs for lab in layers])
+    if final == "components":
+        return majority_clusters(idx, w, MCS, 0.3)
+    if final == "mutual_components":
+        n, k = idx.shape
+        ok = idx >= 0
+        rows = np.repeat(np.arange(n), k)[ok.ravel()]
+        cols = idx[ok]
+        adj = sp.coo_matrix((np.ones(rows.size), (rows, cols)), shape=(n, n)).tocsr()
+        mutual = np.zeros(idx.shape, dtype=bool)
+        mutual[ok] = np.asarray(adj[cols, rows]).ravel() > 0
+        return majority_clusters(np.where(mutual, idx, -1), w, MCS, 0.3)
+    g = _weighted_graph(idx, w)  # leiden on the co-association graph
+    return C.small_to_noise(C.leiden(g, 1.0, 0, weights="weight"), MCS)
+
+
+def corpus_rows(name: str, leiden: dict[str, dict], consensus: tuple[str, ...]) -> dict:
+    """Every variant's NMI, seed ARI and subsample ARI on one corpus."""
+    from tests.fixtures.data import minilm_embed
+
+    texts, classes = load(name)
+    x = minilm_embed(texts, CACHE)
+    sub = np.sort(np.random.default_rng(0).choice(len(x), int(0.9 * len(x)), replace=False))
+    graph, sub_graph = (
+        exact_knn(x, 30, progress=False),
+        exact_knn(np.ascontiguousarray(x[sub]), 30, progress=False),
+    )
+    rows = {}
+
+    def score(fn, label):
+        base = fn(graph, x, BASE_SEED)
+        r = {
+            "nmi": round(float(normalized_mutual_info_score(classes, base)), 4),
+            "clusters": int(base.max()) + 1,
+            "seed_ari": [round(float(adjusted_rand_score(base, fn(graph, x, s))), 4) for s in SEEDS],
+            "subsample_ari": round(
+                float(adjusted_rand_score(base[sub], fn(sub_graph, x[sub], BASE_SEED))), 4
+            ),
+        }
+        print(f"{name:15s} {label:36s} {json.dumps(r)}", flush=True)
+        rows[label] = r
+
+    for label, kw in leiden.items():
+        score(lambda g, _x, s, kw=kw: leiden_variant(g, s, **kw), label)
+    cache: dict = {}
+
+    def runs_of(g, xx, s):
+        key = (id(g), s)
+        if key not in cache:
+            cache[key] = embedding_runs(g, xx, s)
+        return cache[key]
+
+    for final in consensus:
+        score(
+            lambda g, xx, s, final=final: consensus_variant(g, runs_of(g, xx, s), final),
+            f"consensus16 {final}",
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--datasets", default="bbc,ag,stackoverflow,searchsnippets")
+    parser.add_argument("--out", default=str(HERE / "results" / "communities_variants.json"))
+    args = parser.parse_args(argv)
+    leiden = {
+        "leiden ones k30 medoid8 (default)": {},
+        "leiden cos": {"weights": "cos"},
+        "leiden fuzzy": {"weights": "fuzzy"},
+        "leiden k15": {"k": 15},
+        "leiden medoid4": {"runs": 4},
+        "leiden medoid16": {"runs": 16},
+        "leiden best-modularity8": {"pick": "modularity"},
+    }
+    consensus = ("components", "mutual_components", "leiden_on_coassociation")
+    report: dict = {
+        "what": __doc__.splitlines()[0],
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+    }
+    report["datasets"] = {}
+    for name in [d for d in args.datasets.split(",") if d]:
+        report["datasets"][name] = corpus_rows(name, leiden, consensus)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps(report, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
