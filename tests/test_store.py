@@ -240,6 +240,9 @@ def check_read_vectors(st: MilvusStore, tmp_path) -> None:
     st.ensure_collection(dim, drop_existing=True)
     st.insert(ids, x, [f"doc {i}" for i in range(n)])
     st.flush()
+    st.upsert(ids[:50], x[:50])  # replaced rows (what storing labels does) are read once
+    st.flush()
+    assert st.count_live() == n
     want = rng.permutation(n)[:1000]  # a shuffled subset: 300 stored rows are not asked for
     got = st.read_vectors(ids[want], batch_size=128)  # 11 batches
     assert got.dtype == np.float32 and got.shape == (1000, dim)

@@ -1,0 +1,84 @@
+"""A run without ``embeddings.npy`` gets its vectors back from Milvus (issue 22, item 3).
+
+The file may be deleted to save disk, or never written on this machine (the corpus was embedded on a
+Ray cluster or another box into the user's own Milvus server). The later stages need the vectors
+(NN-descent refinement, node embedding, keywords): they are read back from the run's collection, never
+embedded again, and give the same graph. Real CLI, real engine-run Milvus server, the 870 headlines.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from engine.graph import KnnGraph
+from tests.test_cli import engine
+
+pytestmark = pytest.mark.server
+
+READ_BACK = "embeddings.npy not found: reading the run's 870 vectors back from Milvus"
+# the model's load line (engine.embed.models): absent when nothing is embedded
+MODEL_LOADS = "loading "
+
+
+def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Traceback" not in proc.stderr
+    return proc
+
+
+def _same_graph(a: Path, b: KnnGraph) -> None:
+    got = KnnGraph.load(a)
+    np.testing.assert_array_equal(got.indices, b.indices)
+    np.testing.assert_array_equal(got.distances.view(np.uint32), b.distances.view(np.uint32))
+
+
+@pytest.mark.slow  # four engine commands, each starting a standalone Milvus: ~2-3 min on 2 cores
+def test_graph_cluster_and_run_without_embeddings_npy_read_milvus_and_give_the_same_graph(
+    tmp_path, shared_data_dir, tiny_bge_m3_path
+):
+    pytest.importorskip("milvus")
+    news = os.path.join(shared_data_dir, "news_headlines_2024", "news_data_dedup.csv")
+    out = tmp_path / "run"
+    # a target recall of 1.0 is above what the Milvus search gives on these vectors (ties of the tiny
+    # model's near-duplicates): the graph stage refines (NN-descent on the vectors), so the refinement
+    # itself runs on the vectors read back from Milvus
+    graph_opts = [
+        "--milvus-uri", "local-server", "--index", "IVF_FLAT", "--index-params", '{"nlist": 32}',
+        "--search-params", '{"nprobe": 1}', "--k", "10", "--recall-sample", "300", "--target-recall", "1.0",
+    ]  # fmt: skip
+    first = _ok(engine("run", news, "--out", str(out), "--model", str(tiny_bge_m3_path), *graph_opts))
+    assert MODEL_LOADS in first.stderr  # the check below means something
+    graph = KnnGraph.load(out)
+    assert graph.meta["refine"]["passes"], graph.meta  # refinement ran
+    vectors = np.load(out / "embeddings.npy")
+    assert vectors.shape == (870, 64)
+
+    (out / "embeddings.npy").unlink()
+    again = _ok(engine("graph", "--out", str(out)))
+    assert READ_BACK in again.stderr and MODEL_LOADS not in again.stderr
+    assert KnnGraph.load(out).meta["refine"]["passes"]
+    _same_graph(out, graph)
+    np.testing.assert_array_equal(np.load(out / "embeddings.npy").view(np.uint32), vectors.view(np.uint32))
+
+    clusters = dict(np.load(out / "clusters.npz"))
+    (out / "embeddings.npy").unlink()
+    cluster = _ok(engine("cluster", "--out", str(out)))
+    assert READ_BACK in cluster.stderr and MODEL_LOADS not in cluster.stderr
+    after = np.load(out / "clusters.npz")
+    for name, values in clusters.items():
+        np.testing.assert_array_equal(after[name], values, err_msg=name)
+
+    # `engine run` on the same directory: the embed stage resumes from Milvus (the model loads, embeds 0)
+    (out / "embeddings.npy").unlink()
+    rerun = _ok(engine("run", news, "--out", str(out), "--model", str(tiny_bge_m3_path), *graph_opts))
+    assert "reading them back from Milvus" in rerun.stderr
+    ingest = json.loads((out / "summary.json").read_text())["details"]["ingest"]
+    assert ingest.startswith("0 embedded") and "870 vectors read back from Milvus" in ingest, ingest
+    _same_graph(out, graph)
+    np.testing.assert_array_equal(np.load(out / "embeddings.npy").view(np.uint32), vectors.view(np.uint32))
