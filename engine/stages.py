@@ -293,32 +293,31 @@ def restore_vectors(frame: pd.DataFrame, open_store: Any, paths: RunPaths, progr
         return False
     ids = frame["id"].to_numpy(dtype=np.int64)
     rebuild = f"engine embed CORPUS --out {paths.root}"
-    with open_store() as store:
-        dim = store.vector_dim()
-        if dim is None:
-            return False
-        if meta.get("dim") not in (None, dim):
-            raise EngineError(
-                f"{path} not found, and Milvus collection {store.collection!r} holds {dim}-d vectors, not "
-                f"the run's {meta['dim']}-d ones: run `{rebuild}`"
+    try:
+        with open_store() as store:
+            dim = store.vector_dim()
+            if dim is None:
+                return False
+            if meta.get("dim") not in (None, dim):
+                raise EngineError(
+                    f"collection {store.collection!r} holds {dim}-d vectors, not the run's {meta['dim']}-d ones"
+                )
+            log.info(
+                "%s not found: reading the run's %d vectors back from Milvus collection %r (no re-embedding)",
+                path.name,
+                len(ids),
+                store.collection,
             )
-        log.info(
-            "%s not found: reading the run's %d vectors back from Milvus collection %r (no re-embedding)",
-            path.name,
-            len(ids),
-            store.collection,
-        )
-        try:
             with atomic_output(path) as tmp:
                 vf = VectorFile(tmp, len(ids), dim, create=True)
                 try:
                     store.read_vectors(ids, write=vf.write, progress=progress)
                 finally:
                     vf.close()
-        except EngineError as exc:
-            raise EngineError(
-                f"{path} not found, and Milvus cannot stand in for it: {exc}; run `{rebuild}`"
-            ) from None
+    except EngineError as exc:
+        raise EngineError(
+            f"{path} not found, and Milvus cannot stand in for it: {exc}; run `{rebuild}`"
+        ) from None
     return True
 
 

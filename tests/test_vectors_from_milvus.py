@@ -3,7 +3,8 @@
 The file may be deleted to save disk, or never written on this machine (the corpus was embedded on a
 Ray cluster or another box into the user's own Milvus server). The later stages need the vectors
 (NN-descent refinement, node embedding, keywords): they are read back from the run's collection, never
-embedded again, and give the same graph. Real CLI, real engine-run Milvus server, the 870 headlines.
+embedded again, and give the same graph. Real Milvus throughout: Lite through the Python API (fast), the
+engine-run server through the CLI on the 870 headlines (slow).
 """
 
 from __future__ import annotations
@@ -14,12 +15,15 @@ import subprocess
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from engine.config import EngineConfig
+from engine.errors import EngineError
 from engine.graph import KnnGraph
+from engine.milvus.store import MilvusStore
+from engine.pipeline import Pipeline
 from tests.test_cli import engine
-
-pytestmark = pytest.mark.server
 
 READ_BACK = "embeddings.npy not found: reading the run's 870 vectors back from Milvus"
 # the model's load line (engine.embed.models): absent when nothing is embedded
@@ -33,11 +37,58 @@ def _ok(proc: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
 
 
 def _same_graph(a: Path, b: KnnGraph) -> None:
-    got = KnnGraph.load(a)
-    np.testing.assert_array_equal(got.indices, b.indices)
-    np.testing.assert_array_equal(got.distances.view(np.uint32), b.distances.view(np.uint32))
+    _same_graph_as(KnnGraph.load(a), b)
 
 
+def test_lite_run_without_embeddings_npy_rebuilds_it_and_a_partial_collection_is_one_error(
+    tmp_path, shared_data_dir, tiny_bge_m3_path
+):
+    news = os.path.join(shared_data_dir, "news_headlines_2024", "news_data_dedup.csv")
+    out = tmp_path / "run"
+    config = EngineConfig.from_flat(corpus=news, out=str(out), model=str(tiny_bge_m3_path), limit=200, k=10)
+    with Pipeline(config, progress=False) as pipe:
+        pipe.load_corpus()
+        pipe.embed()
+        graph = pipe.build_graph()
+    vectors = np.load(out / "embeddings.npy")
+    stages = config.copy_with(corpus=None)  # what `engine graph --out DIR` runs with
+
+    (out / "embeddings.npy").unlink()
+    with Pipeline(stages, progress=False) as pipe:
+        _same_graph_as(pipe.build_graph(), graph)
+    np.testing.assert_array_equal(np.load(out / "embeddings.npy").view(np.uint32), vectors.view(np.uint32))
+
+    # Milvus lacks 7 of the documents: one error naming the count and the command; no file, no temp file
+    (out / "embeddings.npy").unlink()
+    ids = pd.read_parquet(out / "corpus.parquet")["id"].to_numpy()
+    with MilvusStore(str(out / "milvus.db")) as store:
+        store.delete(ids[:7])
+    with Pipeline(stages, progress=False) as pipe, pytest.raises(EngineError) as err:
+        pipe.build_graph()
+    assert str(err.value).startswith(
+        f"{out / 'embeddings.npy'} not found, and Milvus cannot stand in for it: 7 of "
+    )
+    assert "run `engine embed CORPUS" in str(err.value)
+    assert sorted(p.name for p in out.iterdir() if "embeddings" in p.name) == [
+        "embeddings.fingerprints.npz",
+        "embeddings.json",
+    ]
+    # the embed stage resumes: the 193 stored vectors are read back, only the 7 missing are embedded
+    with Pipeline(config, progress=False) as pipe:
+        pipe.load_corpus()
+        result = pipe.embed()
+    assert (result.n_embedded, result.n_from_milvus, result.n_existing) == (7, 193, 193)
+    again = np.load(out / "embeddings.npy")
+    np.testing.assert_array_equal(again[7:].view(np.uint32), vectors[7:].view(np.uint32))
+    np.testing.assert_allclose(again[:7], vectors[:7], atol=1e-6)
+
+
+def _same_graph_as(got: KnnGraph, want: KnnGraph) -> None:
+    np.testing.assert_array_equal(got.indices, want.indices)
+    np.testing.assert_array_equal(got.distances.view(np.uint32), want.distances.view(np.uint32))
+
+
+@pytest.mark.server
 @pytest.mark.slow  # four engine commands, each starting a standalone Milvus: ~2-3 min on 2 cores
 def test_graph_cluster_and_run_without_embeddings_npy_read_milvus_and_give_the_same_graph(
     tmp_path, shared_data_dir, tiny_bge_m3_path
