@@ -751,7 +751,8 @@ class MilvusStore:
 
         ``query_iterator`` on the primary key with the vector field as output, on Lite and servers
         alike (one ``query(limit=n)`` would hold every vector as Python floats at once). A batch is
-        at most ``batch_size`` rows and ~16 MiB of vectors, whatever the dimension. The floats come
+        at most ``batch_size`` rows and ~16 MiB of vectors, whatever the dimension (≈4M Python floats
+        while pymilvus decodes it: peak RSS rose by at most 120 MB, benchmarks/RESULTS.md §15). The floats come
         back exactly as inserted (measured bitwise on Lite 3.2.2 and the 2.3.5 server).
         ``progress``: a bar over the row count.
         """
