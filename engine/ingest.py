@@ -7,7 +7,9 @@ inserted at most once per run and never when already stored, so the collection e
 ids (no reliance on upsert semantics, which differ between Milvus Lite and a server).
 With ``stream`` (``--ray``: engine.distributed) the workers write Milvus first, by *upsert*, and the driver
 writes the file when the block comes back; an id a worker stored whose vector never reached the file is
-embedded again for the file only (the ``need_disk`` rows below), so the rule's outcome is the same.
+read back from Milvus into the file (the ``need_disk`` rows below), so the rule's outcome is the same.
+A vector file that is gone altogether (deleted, or the corpus was embedded on another machine into the same
+Milvus server) is rebuilt from Milvus the same way: the rows Milvus holds are never embedded twice.
 
 Memory stays bounded: the encoder yields windows of ``insert_batch`` rows, a bounded queue (two windows)
 feeds a writer thread that inserts while the model works on the next window, and rows go to the ``.npy``
@@ -44,7 +46,8 @@ class IngestResult:
 
     ``n_changed``: documents whose text (or model/options) changed since their vector was stored, so
     they were embedded again; ``n_vanished``: stored documents no longer in the corpus, dropped;
-    ``n_from_disk``: vectors re-inserted into Milvus from ``embeddings.npy`` without embedding.
+    ``n_from_disk``: vectors re-inserted into Milvus from ``embeddings.npy`` without embedding;
+    ``n_from_milvus``: vectors Milvus held but ``embeddings.npy`` did not, read back into it.
     """
 
     n_total: int
@@ -56,6 +59,7 @@ class IngestResult:
     n_changed: int = 0
     n_vanished: int = 0
     n_from_disk: int = 0
+    n_from_milvus: int = 0
 
 
 # --------------------------------------------------------------------------------------------- fingerprints
@@ -379,7 +383,8 @@ def ingest(
 
     ``restart=True`` drops the collection and the vector file and starts over. Rows whose id is already in
     Milvus are skipped (their vectors are on disk by construction); if such a row's vector is missing from
-    the file (the file was deleted), it is re-embedded into the file but not inserted again.
+    the file (the file was deleted), it is read back from Milvus into the file, neither embedded nor
+    inserted again.
     ``flush_every`` rows (None: 100,000 on Milvus Lite; only at the end on a server, where each flush
     seals a segment and each sealed segment is one more index that every graph query searches).
     ``precomputed`` (n, dim): the documents' vectors given by the caller (unit rows, frame order);
@@ -430,8 +435,17 @@ def ingest(
             rows = from_disk[start : start + insert_batch]
             store.insert(ids[rows], vf.read(rows), [texts[i] for i in rows])
         in_store[from_disk] = True
-        need_disk = in_store & ~on_disk  # stored in Milvus, but not in this file
-        todo = np.flatnonzero(~in_store | need_disk)
+        need_disk = np.flatnonzero(in_store & ~on_disk)  # stored in Milvus, but not in this file
+        if len(need_disk):  # verified rows (fingerprints match): read back, never embedded again
+            log.info(
+                "ingest: %d stored vectors are not in %s: reading them back from Milvus",
+                len(need_disk),
+                vectors_path.name,
+            )
+            store.read_vectors(
+                ids[need_disk], write=lambda rows, vec: vf.write(need_disk[rows], vec), progress=progress
+            )
+        todo = np.flatnonzero(~in_store)
         insert_mask = ~in_store[todo]
         n_existing = int(in_store.sum()) - len(from_disk)
 
@@ -503,4 +517,5 @@ def ingest(
         n_changed=n_changed,
         n_vanished=n_vanished,
         n_from_disk=len(from_disk),
+        n_from_milvus=len(need_disk),
     )

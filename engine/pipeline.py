@@ -85,9 +85,15 @@ class Pipeline:
         return self.corpus.frame
 
     def vectors(self) -> np.ndarray:
-        """The embeddings as a read-only memory map, corpus order; checks the embed stage finished."""
+        """The embeddings as a read-only memory map, corpus order; checks the embed stage finished.
+
+        Without ``embeddings.npy`` (deleted, or embedded on another machine into the same Milvus), the
+        file is first rebuilt from the run's Milvus collection (:func:`engine.stages.restore_vectors`).
+        """
         from engine.ingest import load_vectors
 
+        if not self.paths.embeddings.exists() and self.paths.corpus.exists() and self._milvus_may_hold_run():
+            stages.restore_vectors(self.frame, self.open_store, self.paths, progress=self.progress)
         return load_vectors(self.paths.require(self.paths.embeddings, "embed CORPUS"), len(self.frame))
 
     def graph(self) -> Any:
@@ -116,6 +122,16 @@ class Pipeline:
         return self.config.store.explicit_milvus_uri or choose_embedded_milvus(
             self.paths.root, len(self.frame)
         )
+
+    def _milvus_may_hold_run(self) -> bool:
+        """Whether the run's Milvus can exist: a server, or the run directory's Lite file / local server
+        (asking an embedded Milvus that was never created would create an empty one)."""
+        from engine.milvus.client import is_lite_uri
+
+        uri = self.resolved_milvus_uri()
+        if uri == LOCAL_SERVER_URI:
+            return self.paths.milvus_server.exists()
+        return not is_lite_uri(uri) or Path(uri).exists()
 
     def milvus_uri(self) -> str:
         """The URI to connect to; starts the engine-managed local server for ``local-server``."""

@@ -274,6 +274,53 @@ def embed_corpus(
     return EmbedResult(result, encoder.name, f"{encoder.name} ({encoder.dim}-d, {encoder.device})")
 
 
+def restore_vectors(frame: pd.DataFrame, open_store: Any, paths: RunPaths, progress: bool = True) -> bool:
+    """``embeddings.npy`` rebuilt from the run's Milvus collection when the file is absent.
+
+    Why: the later stages read the vectors from the file (NN-descent refinement, node embedding,
+    keywords), and a run may not have it: deleted to save disk, or embedded on another machine (a Ray
+    cluster, another box) into the user's own Milvus server. Milvus holds every vector as inserted, so
+    reading them back gives the same graph as the file did, without loading a model. Nothing happens
+    (False) when the file exists, when the embed stage is recorded as interrupted, or when the
+    collection does not exist; a collection that lacks some of the corpus is one EngineError.
+    ``open_store()``: a context manager giving the run's store. Written atomically, in corpus order.
+    """
+    from engine.ingest import VectorFile, read_meta
+
+    path = paths.embeddings
+    meta = read_meta(path)
+    if path.exists() or (meta and not meta.get("complete", False)):
+        return False
+    ids = frame["id"].to_numpy(dtype=np.int64)
+    rebuild = f"engine embed CORPUS --out {paths.root}"
+    try:
+        with open_store() as store:
+            dim = store.vector_dim()
+            if dim is None:
+                return False
+            if meta.get("dim") not in (None, dim):
+                raise EngineError(
+                    f"collection {store.collection!r} holds {dim}-d vectors, not the run's {meta['dim']}-d ones"
+                )
+            log.info(
+                "%s not found: reading the run's %d vectors back from Milvus collection %r (no re-embedding)",
+                path.name,
+                len(ids),
+                store.collection,
+            )
+            with atomic_output(path) as tmp:
+                vf = VectorFile(tmp, len(ids), dim, create=True)
+                try:
+                    store.read_vectors(ids, write=vf.write, progress=progress)
+                finally:
+                    vf.close()
+    except EngineError as exc:
+        raise EngineError(
+            f"{path} not found, and Milvus cannot stand in for it: {exc}; run `{rebuild}`"
+        ) from None
+    return True
+
+
 # ------------------------------------------------------------------------------------------ graph
 def build_graph(
     vectors: np.ndarray,

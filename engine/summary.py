@@ -80,6 +80,8 @@ class RunSummary:
                 f"{r.n_embedded} embedded ({r.n_changed} of them changed since stored), {r.n_existing} already "
                 f"stored, {r.n_vanished} dropped (no longer in the corpus), {r.docs_per_s:.1f} docs/s"
             )
+            if r.n_from_milvus:
+                more["ingest"] += f"; {r.n_from_milvus} vectors read back from Milvus into embeddings.npy"
         if milvus:
             more["milvus"] = milvus
         return summary

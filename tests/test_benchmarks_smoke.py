@@ -141,3 +141,15 @@ def test_bench_segments_small(tmp_path) -> None:
         assert sum(layout["segment_rows"]) == 3000
         assert layout["searches"][0]["recall@10"] >= 0.8
     assert layouts["engine"]["segments"] <= layouts["milvus-defaults"]["segments"]
+
+
+def test_read_vectors_small(tmp_path) -> None:
+    out = tmp_path / "read_vectors.json"
+    run_script(
+        str(BENCH / "read_vectors.py"), "--n", "2000", "--dims", "32", "--backends", "lite",
+        "--embed-docs", "40", "--out", str(out),
+    )  # fmt: skip
+    data = json.loads(out.read_text())
+    row = data["read_back"]["lite_32"]
+    assert row["bitwise_equal"] is True and row["read_rows_per_s"] > 0
+    assert data["baseline_embed"]["docs_per_s"] > 0 and row["vs_embedding_minilm"] > 0

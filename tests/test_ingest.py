@@ -70,11 +70,13 @@ def test_restart_rebuilds_and_missing_file_is_refilled(tmp_path, encoder):
         res = ingest(frame, encoder, store, vec_path, restart=True, insert_batch=100, progress=False)
         assert (res.n_existing, res.n_embedded) == (0, 300)
         assert store.count_rows() == 300
-        vec_path.unlink()  # vectors lost, Milvus intact: re-embed into the file, insert nothing twice
+        before = np.load(vec_path)
+        vec_path.unlink()  # vectors lost, Milvus intact: read back into the file, nothing embedded or inserted
         res = ingest(frame, encoder, store, vec_path, insert_batch=100, progress=False)
-        assert (res.n_existing, res.n_embedded) == (300, 300)
+        assert (res.n_existing, res.n_embedded, res.n_from_milvus) == (300, 0, 300)
         assert store.count_rows() == 300
         assert len(np.unique(store.existing_ids())) == 300
+    np.testing.assert_array_equal(np.load(vec_path).view(np.uint32), before.view(np.uint32))  # bitwise
     np.testing.assert_allclose(np.load(vec_path), encoder.encode(frame["text"].tolist()), atol=1e-5)
 
 

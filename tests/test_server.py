@@ -132,6 +132,14 @@ def _store(uri: str, token: str | None, collection: str, **kwargs):
     return MilvusStore(uri, token=token, collection=collection, **kwargs)
 
 
+def test_read_vectors_on_server(milvus_server: str, milvus_server_token, tmp_path) -> None:
+    from tests.test_store import check_read_vectors
+
+    with _store(milvus_server, milvus_server_token, "t_read_vectors", index_type="HNSW") as store:
+        check_read_vectors(store, tmp_path)
+        store.drop()
+
+
 def test_store_and_knn_graph_on_server(milvus_server: str, milvus_server_token) -> None:
     from engine.graph import build_knn_graph, exact_knn
 

@@ -227,3 +227,49 @@ def test_existing_ids_then_search_still_builds_the_index(tmp_path, vecs) -> None
         hit_ids, _ = st.search(x[:3], limit=2)
         assert st.client.list_indexes(st.collection)  # search built the index first
         np.testing.assert_array_equal(hit_ids[:, 0], ids[:3])
+
+
+def check_read_vectors(st: MilvusStore, tmp_path) -> None:
+    """What ``read_vectors`` owes the engine on any Milvus: the inserted float32 values, bit for bit, in
+    the order asked for, stored rows not asked for skipped, a missing id one error with the count."""
+    rng = np.random.default_rng(7)
+    n, dim = 1300, 24
+    x = unit(rng, n, dim)
+    x[5] = x[9]  # a duplicate vector stays two rows
+    ids = rng.permutation(n).astype(np.int64) * 13 - 4000  # negative and positive, not positions
+    st.ensure_collection(dim, drop_existing=True)
+    st.insert(ids, x, [f"doc {i}" for i in range(n)])
+    st.flush()
+    st.upsert(ids[:50], x[:50])  # replaced rows (what storing labels does) are read once
+    st.flush()
+    assert st.count_live() == n
+    want = rng.permutation(n)[:1000]  # a shuffled subset: 300 stored rows are not asked for
+    got = st.read_vectors(ids[want], batch_size=128)  # 11 batches
+    assert got.dtype == np.float32 and got.shape == (1000, dim)
+    np.testing.assert_array_equal(got.view(np.uint32), x[want].view(np.uint32))
+    # into a float32 .npy memory map (large N stays on disk), and through a writer callback
+    mm = np.lib.format.open_memmap(tmp_path / "v.npy", mode="w+", dtype=np.float32, shape=(n, dim))
+    assert st.read_vectors(ids, out=mm, batch_size=500) is mm
+    mm.flush()
+    np.testing.assert_array_equal(np.load(tmp_path / "v.npy").view(np.uint32), x.view(np.uint32))
+    seen = np.zeros(n, dtype=int)
+
+    def write(rows: np.ndarray, vectors: np.ndarray) -> None:
+        assert (np.diff(rows) > 0).all()
+        seen[rows] += 1
+        np.testing.assert_array_equal(vectors, x[rows])
+
+    assert st.read_vectors(ids, write=write, batch_size=400) is None
+    assert (seen == 1).all()
+    with pytest.raises(EngineError, match=r"^2 of the 5 requested vectors are not in Milvus collection"):
+        st.read_vectors(np.concatenate([ids[:3], [123_456_789, -987_654_321]]))
+    with pytest.raises(EngineError, match="ids must be unique"):
+        st.read_vectors(ids[[1, 1]])
+    empty = st.sibling("never_created")
+    with pytest.raises(EngineError, match="2 of the 2 requested vectors"):
+        empty.read_vectors(ids[:2])
+
+
+def test_read_vectors_returns_the_inserted_floats_in_the_requested_order(tmp_path) -> None:
+    with MilvusStore(str(tmp_path / "m.db")) as st:
+        check_read_vectors(st, tmp_path)

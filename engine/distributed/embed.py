@@ -15,7 +15,7 @@ Milvus ids, fingerprints of the text, rows already on disk; ``embeddings.npy`` i
 
 A driver killed mid-run loses no finished block: a re-run asks Milvus which ids it holds and which rows
 are on disk (ingest's rule), so only unfinished blocks are embedded again; a row a worker stored but the
-driver never wrote is embedded again for the file only (not written to Milvus twice).
+driver never wrote is read back from Milvus into the file (neither embedded nor written to Milvus twice).
 """
 
 from __future__ import annotations

@@ -4,7 +4,8 @@ Why: an HNSW graph stops short of the target recall at scale (1M x 1024, M=16: r
 even at ef 768), and a bigger index costs far more than improving the graph locally. A neighbour
 of a neighbour is likely a neighbour (Dong et al. 2011, NN-descent; pynndescent, EVoC): each pass
 gives every row the neighbours (and reverse neighbours) of its neighbours as candidates, computes
-their exact float32 distances from ``vectors`` (the engine keeps every vector, ``embeddings.npy``)
+their exact float32 distances from ``vectors`` (the engine keeps every vector, ``embeddings.npy``,
+rebuilt from Milvus when it is missing)
 and keeps the k nearest. Only pairs where one side is new since the last pass are joined, so later
 passes are cheap. Memory O(N*k): the graph, its reverse-edge CSR and one output copy.
 

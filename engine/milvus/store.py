@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import numpy as np
@@ -273,6 +273,10 @@ class MilvusStore:
         self._loaded = False
         self._count_cache = None
         log.info("created collection %s (dim=%d, metric=%s)", self.collection, dim, self.metric)
+
+    def vector_dim(self) -> int | None:
+        """The stored vectors' dimension; None when the collection does not exist."""
+        return self._collection_dim() if self.has_collection() else None
 
     def _collection_dim(self) -> int | None:
         desc = self._call("describe_collection", self.client.describe_collection, self.collection)
@@ -682,6 +686,18 @@ class MilvusStore:
         stats = self._call("get_collection_stats", self.client.get_collection_stats, self.collection)
         return int(stats.get("row_count", 0))
 
+    def count_live(self) -> int:
+        """Rows a query returns (``count(*)``): a server's statistics still count rows deleted or
+        replaced by an upsert until compaction (measured on 2.3.5: 400 after upserting 100 of 300)."""
+        self.load_for_query()
+        try:
+            rows = self._call(
+                "query", self.client.query, self.collection, filter="", output_fields=["count(*)"]
+            )
+            return int(rows[0]["count(*)"])
+        except (EngineError, LookupError, TypeError, ValueError):
+            return self.count_rows()
+
     def count(self) -> int:
         """Number of rows in the collection."""
         if self._count_cache is None:
@@ -727,6 +743,102 @@ class MilvusStore:
             ids = np.concatenate(chunks) if chunks else np.empty(0, dtype=np.int64)
         ids.sort()
         return ids
+
+    def iter_vectors(
+        self, batch_size: int = QUERY_WINDOW, progress: bool = False
+    ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Every stored row as ``(ids int64 (m,), vectors float32 (m, dim))`` batches, in no set order.
+
+        ``query_iterator`` on the primary key with the vector field as output, on Lite and servers
+        alike (one ``query(limit=n)`` would hold every vector as Python floats at once). A batch is
+        at most ``batch_size`` rows and ~16 MiB of vectors, whatever the dimension (≈4M Python floats
+        while pymilvus decodes it: peak RSS rose by at most 120 MB, benchmarks/RESULTS.md §16). The floats come
+        back exactly as inserted (measured bitwise on Lite 3.2.2 and the 2.3.5 server).
+        ``progress``: a bar over the row count.
+        """
+        from tqdm.auto import tqdm
+
+        if not self.has_collection():
+            return
+        dim = self._collection_dim() or int(self.dim or 1)
+        step = max(1, min(int(batch_size), QUERY_WINDOW, (16 << 20) // (4 * dim)))
+        self.load_for_query()
+        total = self.count_live() if progress else None
+        it = self._call(
+            "query_iterator",
+            self.client.query_iterator,
+            self.collection,
+            batch_size=step,
+            output_fields=["id", "vector"],
+        )
+        bar = tqdm(total=total, desc="read vectors from Milvus", unit="vec", disable=not progress)
+        try:
+            while True:
+                rows = self._call("query_iterator.next", it.next)
+                if not rows:
+                    break
+                ids = np.fromiter((r["id"] for r in rows), dtype=np.int64, count=len(rows))
+                vectors = np.asarray([r["vector"] for r in rows], dtype=np.float32).reshape(len(rows), dim)
+                bar.update(len(rows))
+                yield ids, vectors
+        finally:
+            bar.close()
+            it.close()
+
+    def read_vectors(
+        self,
+        ids: Sequence[int] | np.ndarray,
+        out: np.ndarray | None = None,
+        write: Callable[[np.ndarray, np.ndarray], None] | None = None,
+        progress: bool = False,
+        batch_size: int = QUERY_WINDOW,
+    ) -> np.ndarray | None:
+        """The stored vectors of ``ids``, row ``i`` holding the vector of ``ids[i]`` (float32, bitwise as stored).
+
+        Why: a run whose ``embeddings.npy`` is gone (deleted, or embedded on another machine into the
+        same Milvus) gets its vectors back without embedding again. Every stored row is read once
+        (:meth:`iter_vectors`); rows whose id is not in ``ids`` (documents placed by ``engine assign
+        --store``) are skipped. Where the rows go: ``out`` (an (len(ids), dim) float32 array, e.g. a
+        ``np.lib.format.open_memmap`` file, so memory stays O(batch) for large N, returned), or
+        ``write(positions, vectors)`` (positions index ``ids``, sorted; returns None), or else a new
+        array (returned). ``batch_size``: rows per query_iterator batch. An id not stored is one
+        EngineError saying how many are missing.
+        """
+        want = np.asarray(ids, dtype=np.int64).reshape(-1)
+        order = np.argsort(want, kind="stable")
+        sorted_ids = want[order]
+        if len(sorted_ids) > 1 and (np.diff(sorted_ids) == 0).any():
+            raise EngineError("read_vectors: ids must be unique (parameter ids)")
+        dim = self.vector_dim()
+        if out is None and write is None:
+            out = np.empty((len(want), int(dim or self.dim or 0)), dtype=np.float32)
+        if out is not None and dim is not None and out.shape != (len(want), dim):
+            raise EngineError(
+                f"read_vectors: out has shape {out.shape}, expected ({len(want)}, {dim}) (parameter out)"
+            )
+        found = np.zeros(len(want), dtype=bool)
+        if len(want) and dim is not None:
+            for got_ids, vectors in self.iter_vectors(batch_size, progress=progress):
+                pos = np.searchsorted(sorted_ids, got_ids)
+                hit = pos < len(sorted_ids)
+                hit[hit] = sorted_ids[pos[hit]] == got_ids[hit]
+                rows = order[pos[hit]]
+                vectors = vectors[hit]
+                keep = np.argsort(rows, kind="stable")
+                rows, vectors = rows[keep], vectors[keep]
+                found[rows] = True
+                if write is not None:
+                    write(rows, vectors)
+                else:
+                    out[rows] = vectors
+        missing = int((~found).sum())
+        if missing:
+            first = int(want[np.flatnonzero(~found)[0]])
+            raise EngineError(
+                f"{missing} of the {len(want)} requested vectors are not in Milvus collection "
+                f"{self.collection!r} (first missing id: {first})"
+            )
+        return out
 
     def load_for_query(self) -> None:
         """Make scalar queries possible without committing to an index.
