@@ -6,7 +6,8 @@ graph so that it is one connected graph (not disjoint copies). Its cost is what 
 peak RSS of the process during the cluster stage): a graph of copies says nothing about quality at
 that size (benchmarks/stability.py measures quality on the real corpora).
 
-Rows: ``communities`` (the default: 8 Leiden runs, medoid, finer and coarser layers), the
+Rows: ``communities`` (the default: 8 Leiden runs, medoid, finer and coarser layers; then the map stage
+that follows it, timed apart: start from the topics' places, 2-D refinement on the graph), the
 ``embedding`` space with one run (the single-run cluster stage that issue 19 calls "today"; the previous
 default ran 16 of them, ~16x: RESULTS.md section 12) and ``embedding_16runs`` (``--child N METHOD`` only).
 
@@ -81,6 +82,21 @@ def child(n: int, method: str) -> dict:
     else:
         raise SystemExit(f"error: unknown method {method!r}")
     secs = time.perf_counter() - t0
+    cluster_peak = rss.peak
+    extra = {}
+    if method == "communities":  # the map stage that follows: start from the topics' places, refine in 2-D
+        from engine.project import community_start, layout_from_embedding
+
+        rss.reset()
+        t1 = time.perf_counter()
+        start = community_start(graph, res.labels, seed=42)
+        t2 = time.perf_counter()
+        layout_from_embedding(graph, start, random_state=42)
+        extra = {
+            "map_seconds": round(time.perf_counter() - t1, 1),
+            "map_start_seconds": round(t2 - t1, 1),
+            "map_peak_rss_mb": round(rss.peak / 2**20),
+        }
     rss.stop()
     layers = res.layers
     return {
@@ -88,11 +104,12 @@ def child(n: int, method: str) -> dict:
         "method": method,
         "seconds": round(secs, 1),
         "timings": {k: round(v, 1) for k, v in res.timings.items()},
-        "peak_rss_mb": round(rss.peak / 2**20),
+        "peak_rss_mb": round(cluster_peak / 2**20),
         "graph_rss_mb": round(base / 2**20),
         "layers": [layers.n_clusters(i) for i in range(layers.n_layers)],
         "primary": layers.primary,
         "noise_share": round(float((res.labels < 0).mean()), 4),
+        **extra,
     }
 
 
