@@ -364,6 +364,12 @@ def load_vectors(vectors_path: str | Path, n: int) -> np.ndarray:
     return vectors
 
 
+#: Documents the encoder length-sorts and batches together (one window) on the single-process path. The Ray
+#: workers window their blocks the same way, so a block that starts at a multiple of it is embedded in the
+#: same batches and its vectors are bit-identical to one process's (other batchings differ by ~1e-7).
+SORT_WINDOW = 2000
+
+
 # --------------------------------------------------------------------------------------------- ingest
 def ingest(
     frame,
@@ -371,7 +377,7 @@ def ingest(
     store,
     vectors_path: str | Path,
     restart: bool = False,
-    insert_batch: int = 2000,
+    insert_batch: int = SORT_WINDOW,
     progress: bool = True,
     flush_every: int | None = None,
     queue_size: int = 2,
@@ -389,8 +395,9 @@ def ingest(
     seals a segment and each sealed segment is one more index that every graph query searches).
     ``precomputed`` (n, dim): the documents' vectors given by the caller (unit rows, frame order);
     the encoder then only names the model, nothing is embedded.
-    ``stream(store, ids, texts, insert)``: embeds elsewhere (engine.distributed, on a Ray cluster) and
-    stores the rows where ``insert`` is set itself; yields ``(rows, vectors)`` (rows index its arguments,
+    ``stream(store, ids, texts, insert, window)``: embeds elsewhere (engine.distributed, on a Ray cluster,
+    length-sorting ``window`` documents at a time as here) and stores the rows where ``insert`` is set
+    itself; yields ``(rows, vectors)`` (rows index its arguments,
     blocks in any order). This function still decides what to embed and writes ``vectors_path``.
     """
     from tqdm.auto import tqdm
@@ -459,7 +466,8 @@ def ingest(
             todo_texts = [texts[i] for i in todo]
             if stream is not None:  # rows come back stored (by the workers) in any order
                 chunks = (
-                    (rows, vec, True) for rows, vec in stream(store, ids[todo], todo_texts, insert_mask)
+                    (rows, vec, True)
+                    for rows, vec in stream(store, ids[todo], todo_texts, insert_mask, window=insert_batch)
                 )
             elif precomputed is None:
                 chunks = (

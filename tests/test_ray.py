@@ -249,8 +249,13 @@ def test_agnews_ray_equals_single_and_an_edit_reembeds_only_what_changed(
     milvus_server: str,
     milvus_server_token: str | None,
 ) -> None:
-    """AG News test (7,600 documents, tiny model, fp32): --ray embeddings within 1e-4 of one process, each
-    document once in Milvus; then 25 edited rows: the re-run embeds those 25 only (fingerprints, as today)."""
+    """AG News test (7,600 documents, tiny model, fp32), the default ``--ray-block`` (2000: four blocks cut where
+    one process cuts its sorting windows): embeddings bit-identical to one process, each document once in Milvus.
+    Then 25 edited rows: the re-run embeds those 25 only (fingerprints, as today).
+
+    The graph and labels are compared on the headlines (MiniLM), not here: the tiny random model's vectors are
+    nearly one point (mean cosine to their centroid 0.999998), where Milvus FLAT's float32 scores differ between
+    segment layouts (4,842 of 7,600 rows differed in one run from bit-identical vectors)."""
     source = Path(shared_data_dir) / "ag_news" / "test.csv"
     if not source.exists():
         pytest.skip(f"{source} not found")
@@ -261,11 +266,12 @@ def test_agnews_ray_equals_single_and_an_edit_reembeds_only_what_changed(
     ray_args = _args(
         "embed", source, ray_out, tiny_bge_m3_path, milvus_server, "ag_ray", *columns, "--ray", "local"
     )
-    p2 = engine(*ray_args, "--ray-block", "1000")
+    p2 = engine(*ray_args)
     assert p2.returncode == 0, p2.stderr[-3000:]
+    assert _attempts(ray_out)[-1][0]["blocks"] == 4
     a, b = np.load(single / "embeddings.npy"), np.load(ray_out / "embeddings.npy")
     assert a.shape == b.shape == (7600, 64)
-    assert float(np.abs(a - b).max()) <= 1e-4
+    assert np.array_equal(a, b)
     _assert_exactly_once(milvus_server, milvus_server_token, "ag_ray", ray_out, n=7600)
 
     frame = pd.read_csv(source, header=None, names=["label", "title", "description"], dtype=str)
@@ -275,7 +281,7 @@ def test_agnews_ray_equals_single_and_an_edit_reembeds_only_what_changed(
     frame.to_csv(changed, header=False, index=False)
     resumed = [str(changed) if a == str(source) else a for a in ray_args if a != "--restart"]
     assert str(changed) in resumed
-    p3 = engine(*resumed, "--ray-block", "1000")
+    p3 = engine(*resumed)
     assert p3.returncode == 0, p3.stderr[-3000:]
     # only the edited rows were embedded
     assert _attempts(ray_out)[-1][0]["documents"] == len(edited), p3.stderr[-3000:]

@@ -7,7 +7,8 @@ Milvus ids, fingerprints of the text, rows already on disk; ``embeddings.npy`` i
 1. splits them in blocks of ``--ray-block`` documents (``ray.data.from_pandas``: the corpus was read by
    the engine's own reader, so formats, template, dedupe and validation are the single-process ones);
 2. runs :class:`EmbedWorker` on each block in an actor pool (one replica per GPU, or per CPU): the
-   engine's encoder (length-sorted, token-budgeted batches within the block), then an *upsert* of the
+   engine's encoder (length-sorted, token-budgeted batches within each sorting window of the block, as
+   on the single-process path: blocks of a multiple of ``SORT_WINDOW`` give bit-identical vectors), then an *upsert* of the
    block's rows into Milvus from the worker, so a block Ray retries after a lost worker rewrites its rows
    and never duplicates them;
 3. yields each finished block to the driver, which writes its vectors to ``embeddings.npy`` (fsync) and
@@ -64,19 +65,22 @@ def _identify(settings: Any) -> tuple[str, int, str]:
 class EmbedWorker:
     """A Ray Data actor: one model replica; embeds a block, upserts its rows into Milvus, returns the vectors."""
 
-    def __init__(self, settings: Any, store_kwargs: dict[str, Any]) -> None:
+    def __init__(self, settings: Any, store_kwargs: dict[str, Any], window: int) -> None:
         from engine.milvus.store import MilvusStore
         from engine.stages import load_encoder
 
         _use_assigned_cpus()
         self.encoder = load_encoder(settings)
         self.store = MilvusStore(**store_kwargs)
+        self.window = int(window)
         self.pid = os.getpid()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         texts = [str(t) for t in batch["text"]]
         t = time.perf_counter()
-        vectors = self.encoder.encode(texts)
+        vectors = np.empty((len(texts), self.encoder.dim), dtype=np.float32)
+        for start, vec in self.encoder.iter_encode(texts, window=self.window):
+            vectors[start : start + len(vec)] = vec
         insert = np.asarray(batch["insert"], dtype=bool)
         if insert.any():
             rows = np.flatnonzero(insert)
@@ -123,9 +127,11 @@ class RayEncoder:
         self.seconds_in_workers = 0.0
 
     def stream(
-        self, store: Any, ids: np.ndarray, texts: list[str], insert: np.ndarray
+        self, store: Any, ids: np.ndarray, texts: list[str], insert: np.ndarray, window: int
     ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
         """Yield ``(rows, vectors)`` block by block (any order); rows index ``ids``/``texts``.
+
+        ``window``: the documents length-sorted together, counted from each block's start (ingest's).
 
         Rows where ``insert`` is set are upserted into Milvus by the worker before the block is yielded.
         """
@@ -153,7 +159,11 @@ class RayEncoder:
         ds = ray.data.from_pandas([frame.iloc[s : s + self.block] for s in range(0, n, self.block)])
         out = ds.map_batches(
             EmbedWorker,
-            fn_constructor_kwargs={"settings": self.settings, "store_kwargs": store.connection_kwargs()},
+            fn_constructor_kwargs={
+                "settings": self.settings,
+                "store_kwargs": store.connection_kwargs(),
+                "window": window,
+            },
             batch_size=self.block,
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=min(self.replicas, n_blocks)),
