@@ -12,9 +12,22 @@ import functools
 import importlib
 import importlib.metadata
 import importlib.util
+import os
 import shutil
 import subprocess
 from typing import Any
+
+
+def usable_cpus() -> int:
+    """CPUs this process may use: ``OMP_NUM_THREADS`` when set, else the CPUs it is allowed to run on."""
+    env = os.environ.get("OMP_NUM_THREADS")
+    if env and env.isdigit() and int(env) > 0:
+        return int(env)
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except (AttributeError, OSError):  # not Linux
+        return os.cpu_count() or 1
+
 
 #: CPU flags that give native bf16 matmuls (avx512_bf16: Cooper Lake / Zen 4+; amx_*: Sapphire Rapids+).
 BF16_FLAGS = ("avx512_bf16", "amx_bf16", "amx_tile", "avx_vnni", "avx512_vnni")

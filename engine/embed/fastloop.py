@@ -16,7 +16,6 @@ underlying HF model and tokenizer, but
 from __future__ import annotations
 
 import copy
-import os
 import queue
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -357,6 +356,7 @@ class FastLoop:
 
 
 def default_threads() -> int:
-    """Intra-op threads for CPU inference: all cores unless OMP_NUM_THREADS says otherwise."""
-    env = os.environ.get("OMP_NUM_THREADS")
-    return int(env) if env and env.isdigit() else (os.cpu_count() or 1)
+    """Intra-op threads for CPU inference: all usable cores unless OMP_NUM_THREADS says otherwise."""
+    from engine.hardware import usable_cpus
+
+    return usable_cpus()
