@@ -93,7 +93,7 @@ STAGES = ("run", "embed", "graph", "cluster", "map", "report")
 STAGE_HELP = {
     "run": "run every stage: corpus -> embed -> Milvus -> kNN graph -> cluster layers -> map -> report",
     "embed": "read the corpus and embed it into Milvus and DIR/embeddings.npy (resumable)",
-    "graph": "build the kNN graph DIR/knn_graph.npz from Milvus (or --graph-source exact)",
+    "graph": "build the kNN graph DIR/knn_graph.npz (Milvus search, or the partitioned join from 100k documents)",
     "cluster": "cluster layers on a node embedding of the saved kNN graph (or HDBSCAN* on the graph) -> DIR/clusters.npz",
     "map": "UMAP 2-D coordinates from the saved kNN graph -> DIR/coords.npy",
     "report": "labels.parquet, clusters.json, report.html, map.html, map.png from saved stages",

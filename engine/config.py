@@ -261,8 +261,15 @@ class DistributedSettings(Section):
 
 class GraphSettings(Section):
     STAGES = ("run", "graph", "cluster")
-    graph_source: Literal["milvus", "exact"] = opt(
-        "milvus", "neighbours from Milvus (default) or exact search"
+    graph_source: Literal["auto", "milvus", "partition", "exact"] = opt(
+        "auto",
+        "where the neighbours come from: milvus (search of the run's Milvus index), partition (the stored "
+        "vectors joined list by list: k-means lists, each document against the members of its "
+        "--partition-probes nearest lists, BLAS products), exact (brute force), or auto (default: milvus "
+        "below 100,000 documents, partition from there; RESULTS.md section 10)",
+    )
+    partition_probes: Int = opt(
+        8, "lists each document is joined with by --graph-source partition (default 8)", ge=1
     )
     k: Int = opt(30, "neighbours per document in the graph (default 30)", ge=1)
     workers: OptInt = opt(

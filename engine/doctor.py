@@ -142,10 +142,11 @@ def auto_choices(cuda: bool, cuml_ok: bool) -> dict[str, Any]:
         "the engine-run local server" if local_server_available() else "Milvus Lite (no `milvus` package)"
     )
     out["graph"] = {
-        "source": "milvus (default; --graph-source exact for brute force)",
+        "source": "auto: milvus search below 100k documents; from 100k exact search on a CUDA GPU, else the "
+        "partitioned join of the stored vectors (--graph-source milvus|partition|exact)",
         "milvus": f"Milvus Lite file up to {AUTO_SERVER_MIN_DOCS // 1000}k documents, {server} above",
         "index": f"auto: FLAT up to {AUTO_FLAT_MAX_DOCS // 1000}k documents, HNSW above; ef/nprobe tuned to "
-        "recall@k >= 0.95 on a sample",
+        "recall@k >= 0.97 on a sample",
         "exact_knn_device": exact_device,
     }
     try:

@@ -274,7 +274,7 @@ class Pipeline:
         vectors = self.vectors()
         stages.check_k(cfg.graph.k, len(vectors))
         with self._stage("graph"):
-            if cfg.graph.graph_source == "exact":
+            if stages.graph_source(cfg.graph.graph_source, len(vectors)) in ("exact", "partition"):
                 graph = stages.build_graph(vectors, None, cfg.graph, None, self.paths)
             else:
                 ids = self.frame["id"].to_numpy(dtype=np.int64)

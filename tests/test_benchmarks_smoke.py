@@ -153,3 +153,17 @@ def test_read_vectors_small(tmp_path) -> None:
     row = data["read_back"]["lite_32"]
     assert row["bitwise_equal"] is True and row["read_rows_per_s"] > 0
     assert data["baseline_embed"]["docs_per_s"] > 0 and row["vs_embedding_minilm"] > 0
+
+
+def test_graph_partition_small(tmp_path) -> None:
+    data_dir = tmp_path / "synth"
+    run_script(str(BENCH / "synthetic.py"), "--n", "3000", "--dim", "32", "--out", str(data_dir))
+    out = tmp_path / "graph_partition.json"
+    run_script(
+        str(BENCH / "graph_partition.py"), "--vectors", str(data_dir), "--queries", "300", "--exact-graph",
+        "--out", str(out),
+    )  # fmt: skip
+    data = json.loads(out.read_text())
+    assert data["n"] == 3000 and data["graph_meta"]["source"] == "partition"
+    assert 0.9 <= data["held_out_recall"] <= 1.0 and data["exact_graph_recall_of_partition"] >= 0.9
+    assert -1.0 <= data["ari_vs_exact_graph_clustering"] <= 1.0 and data["graph_stage_peak_rss_mb"] > 0
