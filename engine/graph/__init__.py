@@ -1,7 +1,8 @@
 """kNN graph stage: a CSR graph of true Euclidean distances between corpus positions.
 
-Sources: Milvus (``build_knn_graph``, approximate or FLAT) and blocked brute force
-(``exact_knn``, the ground truth and ``--graph exact``). Both return a :class:`KnnGraph`.
+Sources: Milvus (``build_knn_graph``, approximate or FLAT), blocked brute force (``exact_knn``, the
+ground truth and ``--graph-source exact``) and the partitioned join of the stored vectors
+(``engine.graph.partition``, ``--graph-source partition``). All return a :class:`KnnGraph`.
 """
 
 from engine.graph.distances import to_euclidean
