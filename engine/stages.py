@@ -323,8 +323,8 @@ def restore_vectors(frame: pd.DataFrame, open_store: Any, paths: RunPaths, progr
 
 # ------------------------------------------------------------------------------------------ graph
 #: From this many documents ``--graph-source auto`` joins partitions instead of searching Milvus: at 100k
-#: x 1024 the join + refinement reached recall@30 0.97 in ~80 s where HNSW build + search + refinement
-#: took ~320 s for 0.96; at 1M HNSW stops near 0.73-0.84 (RESULTS.md sections 3 and 10).
+#: x 1024 the join + refinement reached recall@30 0.963 in 115 s where HNSW build + search + refinement
+#: took ~320 s for 0.96; at 1M 0.934 in 19.6 min where HNSW gave 0.73 in 41 min (RESULTS.md sections 3, 10).
 PARTITION_FROM = 100_000
 
 
