@@ -269,7 +269,7 @@ class GraphSettings(Section):
         "below 100,000 documents, partition from there; RESULTS.md section 10)",
     )
     partition_probes: Int = opt(
-        8, "lists each document is joined with by --graph-source partition (default 8)", ge=1
+        16, "lists each document is joined with by --graph-source partition (default 16)", ge=1
     )
     k: Int = opt(30, "neighbours per document in the graph (default 30)", ge=1)
     workers: OptInt = opt(

@@ -70,6 +70,60 @@ def test_lists_are_unit_centres_and_large_lists_are_split() -> None:
     assert after.max() < before.max()
 
 
+def test_lists_still_over_size_after_a_split_are_split_again(monkeypatch) -> None:
+    # 60 % of the rows in a tight core: the first split leaves the core in one part (its centres land
+    # outside it); later rounds split that part again, as on the 1M synthetic set's largest cluster
+    from engine.graph import partition
+
+    rng = np.random.default_rng(0)
+    a = rng.standard_normal(32)
+    x = np.vstack(
+        [
+            a + 0.01 * rng.standard_normal((1500, 32)),
+            a + 0.3 * rng.standard_normal((500, 32)),
+            rng.standard_normal((500, 32)),
+        ]
+    ).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    centres = train_lists(x, 10, seed=0)
+
+    def largest(split: np.ndarray) -> int:
+        return int(np.bincount(assign_lists(x, split, 1, progress=False)[0][:, 0]).max())
+
+    monkeypatch.setattr(partition, "SPLIT_ROUNDS", 1)
+    once = split_large_lists(x, centres, seed=0)
+    monkeypatch.undo()
+    rounds = split_large_lists(x, centres, seed=0)
+    assert largest(once) > 2 * len(x) / 10  # one round leaves an oversized list
+    assert len(rounds) > len(once) and largest(rounds) < 0.6 * largest(once)
+
+
+def test_far_rows_are_joined_with_each_other(monkeypatch) -> None:
+    # tight topics plus 5 % rows uniform on the sphere: a far row's neighbours are other far rows in
+    # lists it does not probe; the far rows' own join finds them
+    from engine.graph import partition
+    from engine.graph.partition import far_rows
+
+    rng = np.random.default_rng(3)
+    centres = rng.standard_normal((40, 64))
+    topics = centres[rng.integers(0, 40, 3800)] + 0.15 * rng.standard_normal((3800, 64))
+    x = np.vstack([topics, rng.standard_normal((200, 64))]).astype(np.float32)
+    x /= np.linalg.norm(x, axis=1, keepdims=True)
+    background = np.arange(3800, 4000)
+    exact = exact_knn(x, 10, rows=background, progress=False)
+    with_far = partition_knn(x, 10, probes=2, progress=False)
+    monkeypatch.setattr(partition, "FAR_MADS", np.inf)  # no row is far
+    without = partition_knn(x, 10, probes=2, progress=False)
+    assert with_far.meta["far_rows"] >= 150 and without.meta["far_rows"] == 0
+    assert (
+        with_far.recall_against(exact, rows=background)
+        > without.recall_against(exact, rows=background) + 0.15
+    )
+    for row in with_far.indices:  # a candidate met twice (own list and far join) is kept once
+        assert len(set(row.tolist())) == len(row)
+    assert far_rows(np.full(100, 0.8, dtype=np.float32)).size == 0  # equally close rows: none is far
+
+
 def test_auto_joins_partitions_from_the_threshold(monkeypatch) -> None:
     from engine import hardware
 
