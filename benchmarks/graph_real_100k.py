@@ -80,6 +80,9 @@ def main() -> int:
     parser.add_argument("--work", default="/tmp/graph_real_100k")
     parser.add_argument("--model", default="all-MiniLM-L6-v2")
     parser.add_argument("--out", default=str(HERE / "results" / "graph_real_100k.json"))
+    parser.add_argument(
+        "--probes", type=int, default=None, help="--partition-probes for engine graph (default: the run's)"
+    )
     args = parser.parse_args()
     from sklearn.metrics import adjusted_rand_score
 
@@ -98,14 +101,21 @@ def main() -> int:
         )
     else:
         embed_s = None
-    graph_s, proc = engine("graph", "--out", str(run))
+    probes = ["--partition-probes", str(args.probes)] if args.probes else []
+    graph_s, proc = engine("graph", "--out", str(run), *probes)
     summary = [line for line in proc.stderr.splitlines() + proc.stdout.splitlines() if "recall" in line]
     arrays = np.load(run / "knn_arrays.npz")
     meta = json.loads(str(arrays["meta"])) if "meta" in arrays.files else {}
     engine_graph = KnnGraph(arrays["indices"], arrays["distances"], meta)
     vectors = np.asarray(np.load(run / "embeddings.npy", mmap_mode="r"), dtype=np.float32)
     t = time.perf_counter()
-    exact = exact_knn(vectors, engine_graph.indices.shape[1], progress=False)
+    cached = work / "exact_knn.npz"  # the exact graph of the same vectors, kept between runs of this script
+    if cached.exists():
+        with np.load(cached) as z:
+            exact = KnnGraph(z["indices"], z["distances"], {"source": "exact"})
+    else:
+        exact = exact_knn(vectors, engine_graph.indices.shape[1], progress=False)
+        np.savez(cached, indices=exact.indices, distances=exact.distances)
     exact_s = time.perf_counter() - t
     recall = recall_all(engine_graph.indices, exact.indices)
     print(
