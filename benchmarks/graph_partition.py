@@ -40,6 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--k", type=int, default=30)
     parser.add_argument("--probes", type=int, default=None, help="--partition-probes (default: the engine's)")
     parser.add_argument("--queries", type=int, default=2000)
+    parser.add_argument("--target-recall", type=float, default=None, help="default: the engine's")
     parser.add_argument("--exact-graph", action="store_true", help="also cluster the exact graph (ARI)")
     parser.add_argument(
         "--no-cluster",
@@ -64,6 +65,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = GraphSettings(graph_source="partition", k=args.k)
     if args.probes:
         settings.partition_probes = args.probes
+    if args.target_recall:
+        settings.target_recall = args.target_recall
     report: dict = {
         "what": __doc__.splitlines()[0],
         "vectors": str(folder),
