@@ -324,12 +324,12 @@ def restore_vectors(frame: pd.DataFrame, open_store: Any, paths: RunPaths, progr
 # ------------------------------------------------------------------------------------------ graph
 #: From this many documents ``--graph-source auto`` joins partitions instead of searching Milvus: at 100k
 #: x 1024 the join + refinement reached recall@30 0.963 in 115 s where HNSW build + search + refinement
-#: took ~320 s for 0.96; at 1M 0.974 in 21.2 min where HNSW gave 0.73 in 41 min (RESULTS.md sections 3, 10).
+#: took ~320 s for 0.96; at 1M 0.974 in 17.6 min where HNSW gave 0.73 in 41 min (RESULTS.md sections 3, 10).
 PARTITION_FROM = 100_000
 
 
 #: Refinement passes are bounded by --refine-budget, the target and convergence; this only stops a
-#: graph that keeps changing a little forever (1M x 1024, 16 probes: 0.89 -> 0.973 in 6 passes, 304 s).
+#: graph that keeps changing a little forever (1M x 1024, 16 probes: 0.89 -> 0.974 in 6 passes, 318 s).
 REFINE_MAX_PASSES = 100
 
 

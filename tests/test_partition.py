@@ -36,6 +36,24 @@ def test_probing_every_list_is_brute_force(vectors, exact) -> None:
     assert (g.indices != np.arange(len(vectors))[:, None]).all()  # never itself
 
 
+def test_small_score_blocks_and_half_precision_input_give_the_same_graph(vectors, exact, monkeypatch) -> None:
+    """The reused product buffers: many small blocks (a list larger than a block grows the buffer) and a
+    float16 vector file (gathered by copy, not ``np.take``) change nothing."""
+    from engine.graph import partition
+
+    full = partition_knn(vectors, 15, probes=3, n_lists=3, progress=False)
+    assert full.recall_against(exact) == 1.0
+    monkeypatch.setattr(partition, "SCORE_BLOCK", 2048)  # 512 floats: fewer than one list's members
+    small = partition_knn(vectors, 15, probes=3, n_lists=3, progress=False)
+    assert np.array_equal(small.indices, full.indices)
+    np.testing.assert_allclose(small.distances, full.distances, atol=1e-6)
+    half = vectors.astype(np.float16)
+    g16 = partition_knn(half, 15, probes=3, n_lists=3, progress=False)
+    ref = exact_knn(half.astype(np.float32), 15, device="cpu", progress=False)
+    assert g16.recall_against(ref) > 0.999  # ties among rounded vectors may swap equal-distance neighbours
+    np.testing.assert_allclose(g16.distances, ref.distances, atol=1e-5)
+
+
 def test_recall_grows_with_probes_and_distances_are_true(vectors, exact) -> None:
     recalls = [
         partition_knn(vectors, 15, probes=p, seed=0, progress=False).recall_against(exact) for p in (1, 3, 8)

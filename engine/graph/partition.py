@@ -6,7 +6,8 @@ IVF index searched one query at a time reads every probed list from memory once 
 work is turned around, as in IVF batch search: the vectors are split into ~sqrt(N) k-means lists,
 each row is assigned to its ``probes`` nearest list centres, and then each list is met *once* by all
 the rows that probe it, in one BLAS matrix product (rows x list members). The cost is
-N * probes * list size * dim multiply-adds, all at matmul speed, and memory O(N * probes * k).
+N * probes * list size * dim multiply-adds, all at matmul speed, and memory O(N * k): one pool of
+candidates per row, filled list after list.
 
 Two things keep the cost and the misses down on real-sized data (RESULTS.md section 10): lists still
 over twice the mean size are split again for up to three rounds (hub centres in large clusters), and
@@ -219,22 +220,36 @@ def _rerank(x: np.ndarray, rows: np.ndarray, cand: np.ndarray) -> np.ndarray:
 @numba.njit(parallel=True, cache=True)
 def _keep_best(
     s: np.ndarray,
+    mem_sq: np.ndarray,
     mem: np.ndarray,
     q_rows: np.ndarray,
-    q_slot: np.ndarray,
     cand: np.ndarray,
     score: np.ndarray,
+    dedup: bool,
 ) -> None:
-    """For each row of the score block, its best ``c`` members (largest scores) into its probe slot."""
-    c = cand.shape[2]
+    """Each row of the product block ``s`` (2 q.m, one row per distinct ``q_rows``) offers its members
+    to that row's candidate pool, ranked by 2 q.m - |m|^2 (largest == nearest).
+
+    One pool per row, kept sorted best first, for all the lists it probes: the pool's worst score
+    tightens list after list, so most members are turned away by one comparison. ``dedup``: a member
+    may already be in the pool (the far rows' join meets rows already met in their lists).
+    """
+    c = cand.shape[1]
     for r in numba.prange(s.shape[0]):
-        bi = cand[q_rows[r], q_slot[r]]
-        bs = score[q_rows[r], q_slot[r]]
-        # bs is kept sorted descending; a member enters when it beats the worst kept score.
+        bi = cand[q_rows[r]]
+        bs = score[q_rows[r]]
         for j in range(s.shape[1]):
-            v = s[r, j]
+            v = s[r, j] - mem_sq[j]
             if v <= bs[c - 1]:
                 continue
+            if dedup:
+                seen = False
+                for t in range(c):
+                    if bi[t] == mem[j]:
+                        seen = True
+                        break
+                if seen:
+                    continue
             t = c - 1
             while t > 0 and bs[t - 1] < v:
                 bs[t] = bs[t - 1]
@@ -244,56 +259,64 @@ def _keep_best(
             bi[t] = mem[j]
 
 
-@numba.njit(parallel=True, cache=True)
-def _best_unique(cand: np.ndarray, score: np.ndarray, keep: int) -> np.ndarray:
-    """Each row's ``keep`` best-scored distinct candidates (-1 padded): a far row can meet the same
-    candidate in its own list and in the far rows' join."""
-    m = cand.shape[0]
-    out = np.full((m, keep), -1, dtype=np.int32)
-    for r in numba.prange(m):
-        order = np.argsort(-score[r])
-        got = 0
-        for t in order:
-            c = cand[r, t]
-            if c < 0:
-                break  # -inf scores (empty slots) sort last
-            dup = False
-            for u in range(got):
-                if out[r, u] == c:
-                    dup = True
-                    break
-            if not dup:
-                out[r, got] = c
-                got += 1
-                if got == keep:
-                    break
-    return out
+class _Scratch:
+    """The join's gather and product buffers, allocated once and reused for every block.
+
+    Why: a fresh 256 MB block per product is page-faulted in on first touch; on this 2-core VM that
+    cost as much as the product itself (RESULTS section 10, "third round").
+    """
+
+    def __init__(self, x: np.ndarray) -> None:
+        self.x = x
+        self.max_rows = max(1, SCORE_BLOCK // (4 * x.shape[1]))
+        self.q = np.empty((self.max_rows, x.shape[1]), dtype=np.float32)
+        self.s = np.empty(SCORE_BLOCK // 4, dtype=np.float32)
+
+    def rows_per_block(self, members: int) -> int:
+        return max(1, min(self.max_rows, SCORE_BLOCK // (4 * members)))
+
+    def doubled(self, rows: np.ndarray) -> np.ndarray:
+        """2 x the vectors of ``rows`` as a new float32 array (a list's members, the right operand)."""
+        m = np.asarray(self.x[rows], dtype=np.float32)
+        m *= 2.0
+        return m
+
+    def products(self, rows: np.ndarray, doubled: np.ndarray) -> np.ndarray:
+        """(rows x members) 2 q.m in the reused buffers."""
+        q = self.q[: len(rows)]
+        if self.x.dtype == np.float32:
+            np.take(self.x, rows, axis=0, out=q, mode="clip")  # "raise" would buffer a copy
+        else:
+            q[...] = self.x[rows]
+        size = len(rows) * doubled.shape[0]
+        if size > self.s.size:
+            self.s = np.empty(size, dtype=np.float32)
+        s = self.s[:size].reshape(len(rows), doubled.shape[0])
+        np.matmul(q, doubled.T, out=s)
+        return s
 
 
 def _join_far_rows(
-    x: np.ndarray,
+    scratch: _Scratch,
     far: np.ndarray,
     sq: np.ndarray,
-    slot: int,
     cand: np.ndarray,
     score: np.ndarray,
     progress: bool,
 ) -> None:
-    """Every far row against every far row (see ``far_rows``), best candidates into probe slot ``slot``."""
+    """Every far row against every far row (see ``far_rows``), into their candidate pools."""
     if len(far) < 2:
         return
-    xf = np.asarray(x[far], dtype=np.float32)
+    far2 = scratch.doubled(far)
     far_sq = sq[far]
     far32 = far.astype(np.int32)
-    step = max(1, SCORE_BLOCK // (4 * len(far)))
-    slots = np.full(step, slot, dtype=np.int64)
+    step = scratch.rows_per_block(len(far))
     with tqdm(total=len(far), desc="graph: joining far rows", unit="doc", disable=not progress) as bar:
         for b in range(0, len(far), step):
-            s = xf[b : b + step] @ xf.T
-            s *= 2.0
-            s -= far_sq[None, :]
-            _keep_best(s, far32, far[b : b + step], slots[: s.shape[0]], cand, score)
-            bar.update(s.shape[0])
+            blk = far[b : b + step]
+            s = scratch.products(blk, far2)
+            _keep_best(s, far_sq, far32, blk, cand, score, True)
+            bar.update(len(blk))
 
 
 def partition_knn(
@@ -307,7 +330,7 @@ def partition_knn(
     """The k nearest neighbours of every row among the members of its ``probes`` nearest lists.
 
     Exact within the probed lists (recall grows with ``probes``; all lists = brute force). Memory
-    O(N * probes * k) for the candidates plus one (rows probing a list) x (list size) score block.
+    O(N * k) for the candidate pools plus one reused score block of ``SCORE_BLOCK`` bytes.
     """
     x = vectors
     n = int(x.shape[0])
@@ -325,50 +348,45 @@ def partition_knn(
     del list_scores
     t_assign = time.perf_counter() - t0 - t_train
     sq = _squared_norms(x)
-    # Members of each list (its own rows), and the (row, slot) pairs that probe it.
+    # Members of each list (its own rows), and the (row, probe) pairs that probe it.
     members_order = np.argsort(own, kind="stable")
     members_ptr = np.searchsorted(own[members_order], np.arange(n_lists + 1))
     flat = lists.reshape(-1)
     probe_order = np.argsort(flat, kind="stable")
     probe_ptr = np.searchsorted(flat[probe_order], np.arange(n_lists + 1))
-    c = min(k + 1, n)  # +1: a row meets itself in its own list
-    # One slot of candidates per probe, and one more for the far rows' join with each other.
-    cand = np.full((n, probes + 1, c), -1, dtype=np.int32)
-    score = np.full((n, probes + 1, c), -np.inf, dtype=np.float32)
+    # One candidate pool per row, best first: its k neighbours, itself (met in its own list) and
+    # RERANK_MARGIN more for the re-rank.
+    c = min(n, k + 1 + RERANK_MARGIN)
+    cand = np.full((n, c), -1, dtype=np.int32)
+    score = np.full((n, c), -np.inf, dtype=np.float32)
+    scratch = _Scratch(x)
     with tqdm(total=n * probes, desc="graph: joining lists", unit="pair", disable=not progress) as bar:
         for j in range(n_lists):
             mem = members_order[members_ptr[j] : members_ptr[j + 1]]
-            pairs = probe_order[probe_ptr[j] : probe_ptr[j + 1]]
-            if not len(pairs):
+            probing = probe_order[probe_ptr[j] : probe_ptr[j + 1]] // probes  # distinct rows
+            if not len(probing):
                 continue
             if not len(mem):
-                bar.update(len(pairs))
+                bar.update(len(probing))
                 continue
-            xm = np.asarray(x[mem], dtype=np.float32)
-            mem_sq = sq[mem][None, :]
+            mem2 = scratch.doubled(mem)
+            mem_sq = sq[mem]
             mem32 = mem.astype(np.int32)
-            step = max(1, SCORE_BLOCK // (4 * len(mem)))  # rows per score block
-            for b in range(0, len(pairs), step):
-                blk = pairs[b : b + step]
-                q_rows, q_slot = blk // probes, blk % probes
-                s = np.asarray(x[q_rows], dtype=np.float32) @ xm.T
-                s *= 2.0
-                s -= mem_sq  # largest 2 q.m - |m|^2 == nearest
-                _keep_best(s, mem32, q_rows, q_slot, cand, score)
-                bar.update(len(blk))
-    _join_far_rows(x, far, sq, probes, cand, score, progress)
+            step = scratch.rows_per_block(len(mem))
+            for b in range(0, len(probing), step):
+                q_rows = probing[b : b + step]
+                s = scratch.products(q_rows, mem2)
+                _keep_best(s, mem_sq, mem32, q_rows, cand, score, False)
+                bar.update(len(q_rows))
+    _join_far_rows(scratch, far, sq, cand, score, progress)
+    del scratch, score
     t_join = time.perf_counter() - t0 - t_train - t_assign
-    # Best k + margin per row by the matmul score, then explicit distances and the engine's row order.
-    cand = cand.reshape(n, -1)
-    score = score.reshape(n, -1)
-    keep = min(cand.shape[1], k + 1 + RERANK_MARGIN)
+    # Explicit distances to each row's pool, then the engine's row order.
     idx_i = np.empty((n, k), dtype=np.int32)
     idx_d = np.empty((n, k), dtype=np.float32)
     xf = np.asarray(x, dtype=np.float32)
     for s0 in range(0, n, 65536):
-        blk_s = score[s0 : s0 + 65536]
-        blk_c = cand[s0 : s0 + 65536]
-        kc = _best_unique(blk_c, blk_s, keep)
+        kc = cand[s0 : s0 + 65536]
         rows = np.arange(s0, s0 + kc.shape[0], dtype=np.int64)
         d = _rerank(xf, rows, kc)
         ri, rd = finish_rows(kc.astype(np.int64), d, rows, k)
