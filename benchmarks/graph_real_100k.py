@@ -83,6 +83,12 @@ def main() -> int:
     parser.add_argument(
         "--probes", type=int, default=None, help="--partition-probes for engine graph (default: the run's)"
     )
+    parser.add_argument(
+        "--target-recall",
+        type=float,
+        default=None,
+        help="--target-recall for engine graph (default: the run's)",
+    )
     args = parser.parse_args()
     from sklearn.metrics import adjusted_rand_score
 
@@ -102,6 +108,8 @@ def main() -> int:
     else:
         embed_s = None
     probes = ["--partition-probes", str(args.probes)] if args.probes else []
+    if args.target_recall is not None:
+        probes += ["--target-recall", str(args.target_recall)]
     graph_s, proc = engine("graph", "--out", str(run), *probes)
     summary = [line for line in proc.stderr.splitlines() + proc.stdout.splitlines() if "recall" in line]
     arrays = np.load(run / "knn_arrays.npz")
@@ -143,6 +151,7 @@ def main() -> int:
         "documents": n,
         "composition": composition,
         "model": args.model,
+        "graph_options": probes,
         "note": "MiniLM is English-only: the Chinese titles' vectors are real but semantically weak",
         "embed_command_s": None if embed_s is None else round(embed_s, 1),
         "graph_command_s": round(graph_s, 1),
