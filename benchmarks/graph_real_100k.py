@@ -107,10 +107,10 @@ def main() -> int:
         )
     else:
         embed_s = None
-    probes = ["--partition-probes", str(args.probes)] if args.probes else []
+    graph_options = ["--partition-probes", str(args.probes)] if args.probes else []
     if args.target_recall is not None:
-        probes += ["--target-recall", str(args.target_recall)]
-    graph_s, proc = engine("graph", "--out", str(run), *probes)
+        graph_options += ["--target-recall", str(args.target_recall)]
+    graph_s, proc = engine("graph", "--out", str(run), *graph_options)
     summary = [line for line in proc.stderr.splitlines() + proc.stdout.splitlines() if "recall" in line]
     arrays = np.load(run / "knn_arrays.npz")
     meta = json.loads(str(arrays["meta"])) if "meta" in arrays.files else {}
@@ -151,7 +151,7 @@ def main() -> int:
         "documents": n,
         "composition": composition,
         "model": args.model,
-        "graph_options": probes,
+        "graph_options": graph_options,
         "note": "MiniLM is English-only: the Chinese titles' vectors are real but semantically weak",
         "embed_command_s": None if embed_s is None else round(embed_s, 1),
         "graph_command_s": round(graph_s, 1),
