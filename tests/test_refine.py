@@ -135,3 +135,38 @@ def test_graph_stage_below_target_says_so_in_one_line(weak_store, vectors, caplo
     assert "below the target 0.970 on 300 sampled queries" in line and "{'ef': 16}" in line
     assert "refinement off" in line
     assert graph.meta["recall_met"] is False and "BELOW target" in graph.meta["detail"]
+
+
+def test_time_budget_forecasts_the_widened_pass_from_the_first_pass(vectors, exact, monkeypatch) -> None:
+    """A widened pass joins every pair again with twice the neighbours: the budget must foresee it.
+
+    On a controlled clock where a pass costs expand * (expand + 1) seconds when every pair is joined
+    (as NN-descent's local join does), the run stops before the widened pass that would overrun the
+    budget, instead of forecasting it by the previous (cheap, incremental) pass.
+    """
+    import engine.graph.refine as refine
+
+    clock = [0.0]
+    real_join = refine._join_pass
+
+    def timed_join(x, idx, dist, new, ptr, ridx, rslot, expand, *out):
+        clock[0] += expand * (expand + 1) * float(new.mean())  # share of rows with new entries
+        return real_join(x, idx, dist, new, ptr, ridx, rslot, expand, *out)
+
+    monkeypatch.setattr(refine, "_join_pass", timed_join)
+    monkeypatch.setattr(refine, "time", type("Clock", (), {"perf_counter": staticmethod(lambda: clock[0])}))
+    start = degraded(vectors, exact, keep=0.6, seed=2)
+    rows = np.arange(0, len(vectors), 5)
+    sample = KnnGraph(exact.indices[rows], exact.distances[rows])
+    kwargs = dict(max_passes=12, target_recall=1.01, rows=rows, exact=sample, expand=4, progress=False)
+
+    free = refine_graph(vectors, start, **kwargs)  # never reaches 1.01: converges, widens, converges
+    seconds = [p["seconds"] for p in free.passes]
+    widened = next(i for i in range(1, len(seconds)) if seconds[i] > seconds[0])
+    before = sum(seconds[:widened])
+    assert seconds[widened - 1] < seconds[widened] / 2  # the previous pass says little about the next
+    budget = before + (seconds[widened - 1] + seconds[widened]) / 2
+
+    capped = refine_graph(vectors, start, budget_s=budget, **kwargs)
+    assert capped.stop == "time budget"
+    assert len(capped.passes) == widened and capped.seconds <= budget

@@ -216,14 +216,16 @@ def refine_graph(
     recall = recall_now()
     result.recall = recall
     stop = "max passes"
-    last = 0.0
+    first = None  # seconds of the first pass (every pair joined, at the initial ``expand``)
+    expand0 = expand
+    forecast = 0.0  # seconds the next pass is expected to take
     with tqdm(total=max_passes, desc=f"kNN refine (k={k})", unit="pass", disable=not progress) as bar:
         for p in range(max_passes):
             if target_recall is not None and recall is not None and recall >= target_recall:
                 stop = "target reached"
                 break
             spent = time.perf_counter() - t0
-            if budget_s is not None and p > 0 and spent + last > budget_s:
+            if budget_s is not None and p > 0 and spent + forecast > budget_s:
                 stop = "time budget"
                 break
             t = time.perf_counter()
@@ -233,6 +235,8 @@ def refine_graph(
             dist, out_dist = out_dist, dist
             new, out_new = out_new, new
             last = time.perf_counter() - t
+            first = last if first is None else first
+            forecast = last
             updates = int(changed.sum())
             recall = recall_now()
             info = {"pass": p + 1, "updates": updates, "seconds": round(last, 2)}
@@ -256,6 +260,9 @@ def refine_graph(
                 # sources) and join every pair again.
                 expand = min(k, 2 * expand)
                 new[:] = idx >= 0
+                # That pass joins every pair again, with ~expand * (expand + 1) candidates per source:
+                # forecast it from the first pass (also every pair), not from the last (few new pairs).
+                forecast = first * expand * (expand + 1) / (expand0 * (expand0 + 1))
                 log.info("refine: converged below the target; widening the join to %d neighbours", expand)
         else:
             if target_recall is not None and recall is not None and recall >= target_recall:
