@@ -5,11 +5,16 @@ seed ARI (seeds 1, 2, 3 vs 42) and 90 %-subsample ARI. Variants:
 
 * Leiden on the kNN graph (engine.cluster.communities functions): edge weights ``ones`` (the default), ``cos``
   (cosine similarity) or ``fuzzy`` (EVoC's UMAP weights); k=15 instead of 30; the primary picked as the medoid of
-  R = 4, 8 (default), 16 runs, or as the run of highest modularity.
+  R = 4, 8 (default), 16 runs, or as the run of highest modularity; or the consensus of the 8 runs
+  (Lancichinetti & Fortunato, 2012): keep the edges more than ``agree`` of the runs keep inside one community,
+  weighted by that share, run Leiden on them (2 runs a round) until the runs agree.
 * The §12 consensus of 16 node-embedding runs with other final steps: connected components of the edges agreed
   by > 30 % (the §12 default), the same on mutual kNN edges only, and Leiden on the co-association-weighted graph.
 
     OMP_NUM_THREADS=2 python benchmarks/communities_variants.py  # -> benchmarks/results/communities_variants.json
+
+``--variants`` picks variants by label prefix; ``--subsamples N`` scores N random 90 % subsamples (rng 0..N-1)
+instead of one and reports each ARI, their mean and minimum.
 """
 
 from __future__ import annotations
@@ -51,7 +56,43 @@ def _weighted_graph(idx: np.ndarray, w: np.ndarray):
     return g
 
 
-def leiden_variant(graph, seed: int, weights: str = "ones", k: int = 30, runs: int = 8, pick: str = "medoid"):
+def consensus_rounds(
+    n: int,
+    rows: np.ndarray,
+    cols: np.ndarray,
+    parts: list[np.ndarray],
+    seed: int,
+    agree: float,
+    max_rounds: int = 4,
+) -> list[np.ndarray]:
+    """Lancichinetti & Fortunato's consensus clustering of raw Leiden partitions; the last round's runs."""
+    r, c = rows, cols
+    for rnd in range(max_rounds):
+        if all(np.array_equal(parts[0], p) for p in parts[1:]):
+            break
+        share = np.zeros(r.size)
+        for p in parts:
+            share += p[r] == p[c]
+        share /= len(parts)
+        keep = share > agree
+        r, c, w = r[keep], c[keep], share[keep]
+        if np.all(w == 1.0):
+            break
+        g = C.igraph_from_edges(n, r, c)
+        g.es["weight"] = w.tolist()
+        parts = [C.leiden(g, 1.0, s, weights="weight") for s in run_seeds(seed + rnd + 1, 2)]
+    return parts
+
+
+def leiden_variant(
+    graph,
+    seed: int,
+    weights: str = "ones",
+    k: int = 30,
+    runs: int = 8,
+    pick: str = "medoid",
+    agree: float = 0.5,
+):
     idx = np.asarray(graph.indices)[:, :k].astype(np.int64)
     if weights == "ones":
         rows, cols = C.undirected_edges(idx)
@@ -71,6 +112,9 @@ def leiden_variant(graph, seed: int, weights: str = "ones", k: int = 30, runs: i
         g.es["weight"] = f.data.astype(np.float64).tolist()
         attr = "weight"
     parts = [C.leiden(g, 1.0, s, weights=attr) for s in run_seeds(seed, runs)]
+    if pick == "consensus":
+        rows, cols = C.undirected_edges(idx)
+        parts = consensus_rounds(idx.shape[0], rows, cols, parts, seed, agree)
     if pick == "modularity":
         best = int(np.argmax([g.modularity(p.tolist(), weights=attr) for p in parts]))
     else:
@@ -109,29 +153,35 @@ def consensus_variant(graph, runs: list[list[np.ndarray]], final: str) -> np.nda
     return C.small_to_noise(C.leiden(g, 1.0, 0, weights="weight"), MCS)
 
 
-def corpus_rows(name: str, leiden: dict[str, dict], consensus: tuple[str, ...]) -> dict:
+def corpus_rows(name: str, leiden: dict[str, dict], consensus: tuple[str, ...], subsamples: int = 1) -> dict:
     """Every variant's NMI, seed ARI and subsample ARI on one corpus."""
     from tests.fixtures.data import minilm_embed
 
     texts, classes = load(name)
     x = minilm_embed(texts, CACHE)
-    sub = np.sort(np.random.default_rng(0).choice(len(x), int(0.9 * len(x)), replace=False))
-    graph, sub_graph = (
-        exact_knn(x, 30, progress=False),
-        exact_knn(np.ascontiguousarray(x[sub]), 30, progress=False),
-    )
+    subs = [
+        np.sort(np.random.default_rng(r).choice(len(x), int(0.9 * len(x)), replace=False))
+        for r in range(subsamples)
+    ]
+    graph = exact_knn(x, 30, progress=False)
+    sub_graphs = [exact_knn(np.ascontiguousarray(x[sub]), 30, progress=False) for sub in subs]
     rows = {}
 
     def score(fn, label):
         base = fn(graph, x, BASE_SEED)
+        sub_ari = [
+            round(float(adjusted_rand_score(base[sub], fn(sg, x[sub], BASE_SEED))), 4)
+            for sub, sg in zip(subs, sub_graphs, strict=True)
+        ]
         r = {
             "nmi": round(float(normalized_mutual_info_score(classes, base)), 4),
             "clusters": int(base.max()) + 1,
             "seed_ari": [round(float(adjusted_rand_score(base, fn(graph, x, s))), 4) for s in SEEDS],
-            "subsample_ari": round(
-                float(adjusted_rand_score(base[sub], fn(sub_graph, x[sub], BASE_SEED))), 4
-            ),
+            "subsample_ari": sub_ari[0] if subsamples == 1 else sub_ari,
         }
+        if subsamples > 1:
+            r["subsample_ari_mean"] = round(float(np.mean(sub_ari)), 4)
+            r["subsample_ari_min"] = float(min(sub_ari))
         print(f"{name:15s} {label:36s} {json.dumps(r)}", flush=True)
         rows[label] = r
 
@@ -157,7 +207,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--datasets", default="bbc,ag,stackoverflow,searchsnippets")
     parser.add_argument("--out", default=str(HERE / "results" / "communities_variants.json"))
+    parser.add_argument("--variants", default="", help="comma-separated label prefixes (default: all)")
+    parser.add_argument(
+        "--subsamples", type=int, default=1, help="random 90 %% subsamples scored (rng 0..N-1)"
+    )
     args = parser.parse_args(argv)
+    if args.subsamples < 1:
+        raise SystemExit(f"error: --subsamples must be >= 1, got {args.subsamples}")
     leiden = {
         "leiden ones k30 medoid8 (default)": {},
         "leiden cos": {"weights": "cos"},
@@ -166,15 +222,23 @@ def main(argv: list[str] | None = None) -> int:
         "leiden medoid4": {"runs": 4},
         "leiden medoid16": {"runs": 16},
         "leiden best-modularity8": {"pick": "modularity"},
+        "leiden consensus8 agree>0.5": {"pick": "consensus"},
+        "leiden consensus8 agree>0": {"pick": "consensus", "agree": 0.0},
     }
     consensus = ("components", "mutual_components", "leiden_on_coassociation")
+    wanted = [v.strip() for v in args.variants.split(",") if v.strip()]
+    if wanted:
+        leiden = {label: kw for label, kw in leiden.items() if any(label.startswith(w) for w in wanted)}
+        consensus = tuple(f for f in consensus if any(f"consensus16 {f}".startswith(w) for w in wanted))
     report: dict = {
         "what": __doc__.splitlines()[0],
         "machine": f"{platform.machine()}, {os.cpu_count()} cores",
+        "subsamples": args.subsamples,
+        "loadavg_start": os.getloadavg(),
     }
     report["datasets"] = {}
     for name in [d for d in args.datasets.split(",") if d]:
-        report["datasets"][name] = corpus_rows(name, leiden, consensus)
+        report["datasets"][name] = corpus_rows(name, leiden, consensus, args.subsamples)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(report, indent=2))
     print(f"wrote {args.out}")

@@ -12,6 +12,9 @@ Measured: recall@30 of the engine's graph against exact kNN over *every* documen
 clustering (Leiden communities, seed 42) of the engine's graph vs of the exact graph (ARI), and, as
 the scale of that number, the exact graph's clustering with seed 1 vs seed 42 (what a seed alone
 changes); both ARIs also per source and over the English sources only (where the disagreement sits).
+The same two comparisons at seed 1 (engine vs exact) and seed 1 vs 42 on the engine graph give each figure a
+second sample. ``--primary consensus`` (or ``consensus-all-edges``) compares a consensus variant of
+communities_variants.py instead.
 
     OMP_NUM_THREADS=2 python benchmarks/graph_real_100k.py --work /tmp/real100k \\
         --out benchmarks/results/graph_real_100k.json
@@ -89,6 +92,14 @@ def main() -> int:
         default=None,
         help="--target-recall for engine graph (default: the run's)",
     )
+    parser.add_argument(
+        "--primary",
+        choices=("default", "consensus", "consensus-all-edges"),
+        default="default",
+        help="the clustering compared: the engine's default (medoid of 8 Leiden runs) or a consensus "
+        "variant of benchmarks/communities_variants.py (primary layer only; edges kept by > 50 %% of the runs, "
+        "or by any)",
+    )
     args = parser.parse_args()
     from sklearn.metrics import adjusted_rand_score
 
@@ -130,11 +141,24 @@ def main() -> int:
         f"graph {graph_s:.1f} s ({meta.get('source')}), recall@30 over all documents {recall:.4f}", flush=True
     )
 
+    if args.primary.startswith("consensus"):
+        from communities_variants import leiden_variant
+
+        agree = 0.0 if args.primary == "consensus-all-edges" else 0.5
+
+        def clustering(graph: KnnGraph, seed: int) -> np.ndarray:
+            return leiden_variant(graph, seed, pick="consensus", agree=agree)
+    else:
+
+        def clustering(graph: KnnGraph, seed: int) -> np.ndarray:
+            return cluster_community_space(graph, seed=seed).labels
+
     t = time.perf_counter()
-    labels_engine = cluster_community_space(engine_graph, seed=42).labels
+    labels_engine = clustering(engine_graph, 42)
     cluster_s = time.perf_counter() - t
-    labels_exact = cluster_community_space(exact, seed=42).labels
-    labels_exact_seed1 = cluster_community_space(exact, seed=1).labels
+    labels_exact = clustering(exact, 42)
+    labels_exact_seed1 = clustering(exact, 1)
+    labels_engine_seed1 = clustering(engine_graph, 1)
     sources = pd.read_parquet(run / "corpus.parquet", columns=["source"]).source.to_numpy()
 
     def ari_by_source(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
@@ -152,6 +176,7 @@ def main() -> int:
         "composition": composition,
         "model": args.model,
         "graph_options": graph_options,
+        "primary": args.primary,
         "note": "MiniLM is English-only: the Chinese titles' vectors are real but semantically weak",
         "embed_command_s": None if embed_s is None else round(embed_s, 1),
         "graph_command_s": round(graph_s, 1),
@@ -165,7 +190,13 @@ def main() -> int:
         "ari_engine_vs_exact_clustering_seed42": round(
             float(adjusted_rand_score(labels_exact, labels_engine)), 4
         ),
+        "ari_engine_vs_exact_clustering_seed1": round(
+            float(adjusted_rand_score(labels_exact_seed1, labels_engine_seed1)), 4
+        ),
         "ari_exact_seed1_vs_seed42": round(float(adjusted_rand_score(labels_exact, labels_exact_seed1)), 4),
+        "ari_engine_seed1_vs_seed42": round(
+            float(adjusted_rand_score(labels_engine, labels_engine_seed1)), 4
+        ),
         "ari_engine_vs_exact_by_source": ari_by_source(labels_exact, labels_engine),
         "ari_exact_seed1_vs_seed42_by_source": ari_by_source(labels_exact, labels_exact_seed1),
         "peak_rss_mb_this_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
