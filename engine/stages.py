@@ -505,10 +505,10 @@ def _refine_to_target(
         else:
             tried += ", refinement off (--refine-budget 0)"
         log.warning(
-            "graph: recall@%d %.3f is below the target %.3f on %d sampled queries; %s. Raise --refine-budget "
+            "graph: recall@%d %s is below the target %.3f on %d sampled queries; %s. Raise --refine-budget "
             "or %s, or use --graph-source exact",
             graph.k,
-            final,
+            recall_shown(final, settings.target_recall),
             settings.target_recall,
             tuning.sample,
             tried,
@@ -524,7 +524,15 @@ def _recall_detail(k: int, tuning: Any, refined: Any, settings: Any) -> str:
     if refined is not None:
         how += f" + {len(refined.passes)} refinement passes"
     below = "" if final >= settings.target_recall else f", BELOW target {settings.target_recall}"
-    return f", recall@{k} {final:.3f} on {tuning.sample:,} sampled queries ({how}{below})"
+    return f", recall@{k} {recall_shown(final, settings.target_recall)} on {tuning.sample:,} sampled queries ({how}{below})"
+
+
+def recall_shown(recall: float, target: float) -> str:
+    """``recall`` with 3 decimals, more when 3 would round a recall below ``target`` up to it (0.9698 vs 0.97)."""
+    digits = 3
+    while digits < 6 and recall < target and round(recall, digits) >= target:
+        digits += 1
+    return f"{recall:.{digits}f}"
 
 
 def load_graph(paths: RunPaths) -> Any:
