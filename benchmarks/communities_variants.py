@@ -7,7 +7,9 @@ seed ARI (seeds 1, 2, 3 vs 42) and 90 %-subsample ARI. Variants:
   (cosine similarity) or ``fuzzy`` (EVoC's UMAP weights); k=15 instead of 30; the primary picked as the medoid of
   R = 4, 8 (default), 16 runs, or as the run of highest modularity; or the consensus of the 8 runs
   (Lancichinetti & Fortunato, 2012): keep the edges more than ``agree`` of the runs keep inside one community,
-  weighted by that share, run Leiden on them (2 runs a round) until the runs agree.
+  weighted by that share, run Leiden on them (2 runs a round) until the runs agree; or ECG (Poulin &
+  Theberge, 2019): every kNN edge weighted by the share of 16 first-level Louvain partitions keeping its ends
+  together (at least 0.05), then the medoid of 8 Leiden runs on that weighted graph.
 * The §12 consensus of 16 node-embedding runs with other final steps: connected components of the edges agreed
   by > 30 % (the §12 default), the same on mutual kNN edges only, and Leiden on the co-association-weighted graph.
 

@@ -138,7 +138,7 @@ def test_graph_stage_below_target_says_so_in_one_line(weak_store, vectors, caplo
 
 
 def test_a_recall_just_below_the_target_is_not_shown_as_the_target() -> None:
-    # The 1M run under load ended at 0.9698 and said "recall@30 0.970 is below the target 0.970".
+    # A 1M run under load stopped just below 0.97 and said "recall@30 0.970 is below the target 0.970".
     assert recall_shown(0.9698, 0.97) == "0.9698"
     assert recall_shown(0.96999, 0.97) == "0.96999"
     assert recall_shown(0.962, 0.97) == "0.962"
