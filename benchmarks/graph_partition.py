@@ -42,6 +42,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=2000)
     parser.add_argument("--target-recall", type=float, default=None, help="default: the engine's")
     parser.add_argument("--exact-graph", action="store_true", help="also cluster the exact graph (ARI)")
+    parser.add_argument("--save-graph", help="also write the graph to this .npz (indices, distances)")
     parser.add_argument(
         "--no-cluster",
         action="store_true",
@@ -90,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
     print(graph.meta["detail"], flush=True)
+    if args.save_graph:
+        np.savez(args.save_graph, indices=graph.indices, distances=graph.distances)
+        report["saved_graph"] = args.save_graph
 
     rows = np.sort(np.random.default_rng(1).choice(n, min(args.queries, n), replace=False))
     t = time.perf_counter()

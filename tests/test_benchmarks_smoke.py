@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -167,3 +168,45 @@ def test_graph_partition_small(tmp_path) -> None:
     assert data["n"] == 3000 and data["graph_meta"]["source"] == "partition"
     assert 0.9 <= data["held_out_recall"] <= 1.0 and data["exact_graph_recall_of_partition"] >= 0.9
     assert -1.0 <= data["ari_vs_exact_graph_clustering"] <= 1.0 and data["graph_stage_peak_rss_mb"] > 0
+
+
+def test_exact_certified_is_the_brute_force_graph_and_ari_vs_exact_compares(tmp_path) -> None:
+    """The certified pruning returns exactly exact_knn's graph; ari_vs_exact reports its recall on all rows."""
+    data_dir = tmp_path / "synth"
+    run_script(str(BENCH / "synthetic.py"), "--n", "3000", "--dim", "64", "--out", str(data_dir))
+    exact = tmp_path / "exact.npz"
+    run_script(str(BENCH / "exact_certified.py"), str(data_dir), str(exact), "--check")
+    stats = json.loads(exact.with_suffix(".json").read_text())
+    assert stats["check"]["indices_identical_share"] == 1.0
+    assert stats["check"]["max_abs_distance_difference"] == 0.0
+    assert stats["cross_pairs_searched"] < stats["cross_pairs_basis_bound"] + 1  # the screen only removes
+
+    graph = tmp_path / "graph.npz"
+    run_script(
+        str(BENCH / "graph_partition.py"), "--vectors", str(data_dir), "--queries", "300", "--no-cluster",
+        "--save-graph", str(graph), "--out", str(tmp_path / "graph_partition.json"),
+    )  # fmt: skip
+    for npz, runs in ((graph, "g_runs"), (exact, "e_runs")):
+        for part in ("0", "1"):
+            run_script(
+                str(BENCH / "ari_vs_exact.py"),
+                "cluster",
+                str(npz),
+                str(tmp_path / runs),
+                "--part",
+                part,
+                "--parts",
+                "2",
+            )
+    out = tmp_path / "ari.json"
+    run_script(
+        str(BENCH / "ari_vs_exact.py"), "compare", "--graph", str(graph), str(tmp_path / "g_runs"),
+        "--exact", str(exact), str(tmp_path / "e_runs"), "--labels", str(data_dir / "labels.npy"), "--out", str(out),
+    )  # fmt: skip
+    data = json.loads(out.read_text())
+    g, e = np.load(graph)["indices"], np.load(exact)["indices"]
+    found = sum(len(set(a) & set(b)) for a, b in zip(g.tolist(), e.tolist(), strict=True))
+    # every shared id is a hit; recall_against also counts neighbours tied with the k-th distance
+    assert round(found / e.size, 4) <= data["recall_at_k_all_rows"] <= 1.0
+    assert len(data["graph_clustering"]["run_seconds"]) == len(data["exact_clustering"]["run_seconds"]) == 8
+    assert -1.0 <= data["ari_graph_vs_exact_clustering"] <= 1.0
