@@ -171,21 +171,22 @@ def test_graph_partition_small(tmp_path) -> None:
 
 
 def test_exact_certified_is_the_brute_force_graph_and_ari_vs_exact_compares(tmp_path) -> None:
-    """The certified pruning returns exactly exact_knn's graph; ari_vs_exact reports its recall on all rows."""
+    """The certified pruning returns exactly exact_knn's graph (own thresholds, and thresholds from a given
+    graph); ari_vs_exact reports a graph's recall on all rows and both default clusterings."""
     data_dir = tmp_path / "synth"
     run_script(str(BENCH / "synthetic.py"), "--n", "3000", "--dim", "64", "--out", str(data_dir))
-    exact = tmp_path / "exact.npz"
-    run_script(str(BENCH / "exact_certified.py"), str(data_dir), str(exact), "--check")
-    stats = json.loads(exact.with_suffix(".json").read_text())
-    assert stats["check"]["indices_identical_share"] == 1.0
-    assert stats["check"]["max_abs_distance_difference"] == 0.0
-    assert stats["cross_pairs_searched"] < stats["cross_pairs_basis_bound"] + 1  # the screen only removes
-
     graph = tmp_path / "graph.npz"
     run_script(
         str(BENCH / "graph_partition.py"), "--vectors", str(data_dir), "--queries", "300", "--no-cluster",
         "--save-graph", str(graph), "--out", str(tmp_path / "graph_partition.json"),
     )  # fmt: skip
+    exact = tmp_path / "exact.npz"
+    for extra in ([], ["--seed-graph", str(graph)]):
+        run_script(str(BENCH / "exact_certified.py"), str(data_dir), str(exact), "--check", *extra)
+        stats = json.loads(exact.with_suffix(".json").read_text())
+        assert stats["check"]["indices_identical_share"] == 1.0
+        assert stats["check"]["max_abs_distance_difference"] == 0.0
+
     for npz, runs in ((graph, "g_runs"), (exact, "e_runs")):
         for part in ("0", "1"):
             run_script(
