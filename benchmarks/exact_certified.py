@@ -29,6 +29,7 @@ every product below is a plain BLAS call on views, never a gather of the corpus.
     OMP_NUM_THREADS=2 python benchmarks/exact_certified.py SYNTH_DIR OUT.npz   # + OUT.json (timings)
     python benchmarks/exact_certified.py SYNTH_DIR OUT.npz --check             # + brute force, compared
     python benchmarks/exact_certified.py SYNTH_DIR OUT.npz --seed-graph GRAPH.npz   # t_q from GRAPH
+    ... --brute-below 700   # rows of blobs under 700 rows by brute force (at 1M the bounds pass too much there)
 """
 
 import argparse
@@ -105,7 +106,7 @@ def search_slice(xs, rows, s, e, thr, cand_i, cand_s):
     return int(rows.size * (e - s))
 
 
-def main(folder, out, check=False, seed_graph=None):
+def main(folder, out, check=False, seed_graph=None, brute_below=0):
     lab0 = np.load(f"{folder}/labels.npy")
     x0 = np.load(f"{folder}/vectors.npy", mmap_mode="r")
     n, d = x0.shape
@@ -228,6 +229,8 @@ def main(folder, out, check=False, seed_graph=None):
         bound = np.sqrt(an2) * Rb + np.sqrt(np.maximum(0, qn2[:, None] - an2)) * Eb
         need = bound >= thr[:, None]
         need[np.arange(q1 - q0), blob_of[q0:q1]] = False
+        small = sizes[blob_of[q0:q1]] < brute_below  # searched by brute force below
+        need[small] = False
         counts["pairs_basis_bound"] += int(need.sum())
         for b in np.flatnonzero(need.any(axis=0)):
             qi = np.flatnonzero(need[:, b])
@@ -241,7 +244,7 @@ def main(folder, out, check=False, seed_graph=None):
                 xs, q0 + qi, edges[b + 1], edges[b + 2], thr[qi], cand_i, cand_s
             )
         thr_now = kth_best(cand_s[q0:q1], K + 1) - EPS if thr_all is None else thr_all[q0:q1]
-        redo = np.flatnonzero(bg_best[q0:q1] >= thr_now)
+        redo = np.flatnonzero((bg_best[q0:q1] >= thr_now) & ~small)
         if redo.size:
             counts["redo"] += int(redo.size)
             thr2 = thr_now[redo]
@@ -251,6 +254,25 @@ def main(folder, out, check=False, seed_graph=None):
             log(f"clustered {done}/{n - nbg} ({time.time() - t:.0f} s): {counts}")
     stats.update(cross_blob_s=round(time.time() - t, 1), **{f"cross_{k}": v for k, v in counts.items()})
     log("cross", stats["cross_blob_s"], "s", counts)
+    # 4b. rows of blobs under --brute-below rows: brute force against everything (the bounds pass too much)
+    t = time.time()
+    brute = np.flatnonzero((blob_of >= 0) & (sizes[np.maximum(blob_of, 0)] < brute_below))
+    for i in range(0, brute.size, 256):
+        rows = brute[i : i + 256]
+        xq = xs[rows]
+        if thr_all is not None:
+            for c0 in range(0, n, COLUMN_BLOCK):
+                sc = xq @ xs[c0 : c0 + COLUMN_BLOCK].T
+                r, c = np.nonzero(sc >= thr_all[rows, None])
+                merge_hits(cand_i, cand_s, rows, r, c + c0, sc[r, c])
+        else:
+            sc = xq @ xs.T
+            p = np.argpartition(sc, -C, axis=1)[:, -C:]
+            cand_i[rows], cand_s[rows] = p, np.take_along_axis(sc, p, 1)
+        if i % (256 * 40) == 0:
+            log(f"brute force {i}/{brute.size}")
+    stats.update(brute_rows=int(brute.size), brute_s=round(time.time() - t, 1))
+    log("brute force rows", brute.size, stats["brute_s"], "s")
     # 5. finish as engine.graph.exact: exact Euclidean on the candidates, self removed, sorted
     t = time.time()
     out_i = np.empty((n, K), np.int32)
@@ -265,7 +287,13 @@ def main(folder, out, check=False, seed_graph=None):
     stats["total_s"] = round(time.time() - t0, 1)
     own_products = float((sizes.astype(np.float64) ** 2).sum())
     stats["products_vs_brute_force"] = round(
-        (own_products + nbg * n + counts["products"] + n * nb * (1 + R / d) + counts["screened"] * R / d)
+        (
+            own_products
+            + (nbg + brute.size) * n
+            + counts["products"]
+            + n * nb * (1 + R / d)
+            + counts["screened"] * R / d
+        )
         / n
         / n,
         4,
@@ -295,5 +323,11 @@ if __name__ == "__main__":
         "--seed-graph",
         help="a kNN graph of the same vectors (.npz, indices): t_q from its k-th neighbour (tighter), hits >= t_q",
     )
+    ap.add_argument(
+        "--brute-below",
+        type=int,
+        default=0,
+        help="rows of blobs smaller than this are searched by brute force (default 0: none)",
+    )
     args = ap.parse_args()
-    main(args.folder, args.out, args.check, args.seed_graph)
+    main(args.folder, args.out, args.check, args.seed_graph, args.brute_below)
