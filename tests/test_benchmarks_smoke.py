@@ -181,11 +181,12 @@ def test_exact_certified_is_the_brute_force_graph_and_ari_vs_exact_compares(tmp_
         "--save-graph", str(graph), "--out", str(tmp_path / "graph_partition.json"),
     )  # fmt: skip
     exact = tmp_path / "exact.npz"
-    for extra in ([], ["--seed-graph", str(graph)]):
+    for extra in ([], ["--seed-graph", str(graph), "--brute-below", "300"]):
         run_script(str(BENCH / "exact_certified.py"), str(data_dir), str(exact), "--check", *extra)
         stats = json.loads(exact.with_suffix(".json").read_text())
         assert stats["check"]["indices_identical_share"] == 1.0
         assert stats["check"]["max_abs_distance_difference"] == 0.0
+        assert (stats["brute_rows"] > 0) == bool(extra)  # the 3 blobs under 300 rows go to brute force
 
     for npz, runs in ((graph, "g_runs"), (exact, "e_runs")):
         for part in ("0", "1"):
