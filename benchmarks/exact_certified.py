@@ -261,10 +261,7 @@ def main(folder, out, check=False, seed_graph=None, brute_below=0):
         rows = brute[i : i + 256]
         xq = xs[rows]
         if thr_all is not None:
-            for c0 in range(0, n, COLUMN_BLOCK):
-                sc = xq @ xs[c0 : c0 + COLUMN_BLOCK].T
-                r, c = np.nonzero(sc >= thr_all[rows, None])
-                merge_hits(cand_i, cand_s, rows, r, c + c0, sc[r, c])
+            search_slice(xs, rows, 0, n, thr_all[rows], cand_i, cand_s)
         else:
             sc = xq @ xs.T
             p = np.argpartition(sc, -C, axis=1)[:, -C:]
