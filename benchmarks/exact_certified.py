@@ -91,13 +91,16 @@ def merge_hits(cand_i, cand_s, rows, hit_r, hit_c, hit_s):
         cand_i[r, : top.size], cand_s[r, : top.size] = ai[top], as_[top]
 
 
-def search_slice(xs, rows, s, e, thr, cand_i, cand_s):
-    """Products of the queries ``rows`` with xs[s:e]; those >= thr (per query) join the candidates."""
+def search_slice(xs, rows, s, e, thr, cand_i, cand_s, col_max=None):
+    """Products of the queries ``rows`` with xs[s:e]; those >= thr (per query) join the candidates.
+    ``col_max`` (length n), when given, keeps each column's best product seen."""
     q = xs[rows]
     hits_r, hits_c, hits_s = [], [], []
     for c0 in range(s, e, COLUMN_BLOCK):
         c1 = min(e, c0 + COLUMN_BLOCK)
         sc = q @ xs[c0:c1].T
+        if col_max is not None:
+            np.maximum(col_max[c0:c1], sc.max(axis=0), out=col_max[c0:c1])
         r, c = np.nonzero(sc >= thr[:, None])
         hits_r.append(r)
         hits_c.append(c + c0)
@@ -119,7 +122,6 @@ def main(folder, out, check=False, seed_graph=None, brute_below=0):
     nb = int(lab.max()) + 1
     edges = np.searchsorted(lab, np.arange(-1, nb + 1))  # blob b = edges[b+1]:edges[b+2]
     nbg = int(edges[1])
-    blob_of = lab
     sizes = np.diff(edges[1:])
     cand_i = np.full((n, C), -1, np.int64)
     cand_s = np.full((n, C), -np.inf, np.float32)
@@ -170,9 +172,8 @@ def main(folder, out, check=False, seed_graph=None, brute_below=0):
             nbr = np.where(ok, inv[np.where(ok, nbr, 0)], p[:, None])
             dots = np.einsum("id,ikd->ik", xs[p], xs[nbr.reshape(-1)].reshape(p.size, -1, d))
             dots[~ok] = np.inf
-            if ok.all(axis=1).any():
-                full = ok.all(axis=1)
-                thr_all[p[full]] = dots[full].min(axis=1) - EPS
+            full = ok.all(axis=1)  # a row with fewer than k neighbours keeps t_q = -inf
+            thr_all[p[full]] = dots[full].min(axis=1) - EPS
             cand_i[p, : nbr.shape[1]] = np.where(ok, nbr, -1)
             cand_s[p, : nbr.shape[1]] = np.where(ok, dots, -np.inf)
         stats["seed_graph_s"] = round(time.time() - t, 1)
@@ -198,14 +199,7 @@ def main(folder, out, check=False, seed_graph=None, brute_below=0):
     for q0 in range(0, nbg, 256):
         q1 = min(nbg, q0 + 256)
         if thr_all is not None:
-            rows = np.arange(q0, q1)
-            for c0 in range(0, n, COLUMN_BLOCK):
-                sc = xs[q0:q1] @ xs[c0 : c0 + COLUMN_BLOCK].T
-                np.maximum(
-                    bg_best[c0 : c0 + COLUMN_BLOCK], sc.max(axis=0), out=bg_best[c0 : c0 + COLUMN_BLOCK]
-                )
-                r, c = np.nonzero(sc >= thr_all[q0:q1, None])
-                merge_hits(cand_i, cand_s, rows, r, c + c0, sc[r, c])
+            search_slice(xs, np.arange(q0, q1), 0, n, thr_all[q0:q1], cand_i, cand_s, col_max=bg_best)
         else:
             sc = xs[q0:q1] @ xs.T
             np.maximum(bg_best, sc.max(axis=0), out=bg_best)
@@ -228,8 +222,8 @@ def main(folder, out, check=False, seed_graph=None, brute_below=0):
         an2 = np.einsum("ibr,ibr->ib", qa, qa)
         bound = np.sqrt(an2) * Rb + np.sqrt(np.maximum(0, qn2[:, None] - an2)) * Eb
         need = bound >= thr[:, None]
-        need[np.arange(q1 - q0), blob_of[q0:q1]] = False
-        small = sizes[blob_of[q0:q1]] < brute_below  # searched by brute force below
+        need[np.arange(q1 - q0), lab[q0:q1]] = False
+        small = sizes[lab[q0:q1]] < brute_below  # searched by brute force below
         need[small] = False
         counts["pairs_basis_bound"] += int(need.sum())
         for b in np.flatnonzero(need.any(axis=0)):
@@ -256,14 +250,13 @@ def main(folder, out, check=False, seed_graph=None, brute_below=0):
     log("cross", stats["cross_blob_s"], "s", counts)
     # 4b. rows of blobs under --brute-below rows: brute force against everything (the bounds pass too much)
     t = time.time()
-    brute = np.flatnonzero((blob_of >= 0) & (sizes[np.maximum(blob_of, 0)] < brute_below))
+    brute = np.flatnonzero((lab >= 0) & (sizes[np.maximum(lab, 0)] < brute_below))
     for i in range(0, brute.size, 256):
         rows = brute[i : i + 256]
-        xq = xs[rows]
         if thr_all is not None:
             search_slice(xs, rows, 0, n, thr_all[rows], cand_i, cand_s)
         else:
-            sc = xq @ xs.T
+            sc = xs[rows] @ xs.T
             p = np.argpartition(sc, -C, axis=1)[:, -C:]
             cand_i[rows], cand_s[rows] = p, np.take_along_axis(sc, p, 1)
         if i % (256 * 40) == 0:
@@ -288,7 +281,7 @@ def main(folder, out, check=False, seed_graph=None, brute_below=0):
             own_products
             + (nbg + brute.size) * n
             + counts["products"]
-            + n * nb * (1 + R / d)
+            + n * nb * R / d
             + counts["screened"] * R / d
         )
         / n
