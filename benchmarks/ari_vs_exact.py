@@ -8,7 +8,9 @@ at ``min_cluster_size`` 5, the medoid of the 8 runs ``run_seeds(42, 8)`` at reso
 * the graph's recall@k against the exact graph on every row (not a sample);
 * ARI of the graph's primary against the exact graph's primary (the issue's line), and of each against
   the generator's labels, with the clusters counted;
-* the seed-to-seed ARI of the exact graph's own runs, the noise floor of the comparison.
+* the seed-to-seed ARI of the exact graph's own runs, the noise floor of the comparison;
+* run i of the graph against run i of the exact graph (same seed, same settings): 8 more samples of
+  what the graph alone changes, beside the one pair of medoids.
 
     python benchmarks/ari_vs_exact.py cluster GRAPH.npz RUNS_DIR --part 0 --parts 2   # and --part 1
     python benchmarks/ari_vs_exact.py compare --graph G.npz G_RUNS --exact E.npz E_RUNS \\
@@ -60,15 +62,20 @@ def cluster_part(graph_path: str, runs_dir: str, part: int, parts: int) -> None:
             f.write(json.dumps({"run": i, "seed": seed, "seconds": round(secs, 1)}) + "\n")
 
 
-def primary(runs_dir: str) -> tuple[np.ndarray, dict]:
+def _runs(runs_dir: str) -> list[np.ndarray]:
+    from engine.cluster.communities import DEFAULT_RUNS, small_to_noise
+
+    return [
+        small_to_noise(np.load(Path(runs_dir) / f"run{i}.npy"), MIN_CLUSTER_SIZE) for i in range(DEFAULT_RUNS)
+    ]
+
+
+def primary(parts: list[np.ndarray], runs_dir: str) -> tuple[np.ndarray, dict]:
     """The engine's primary from the saved runs: small communities to noise, then the medoid."""
     from sklearn.metrics import adjusted_rand_score
 
-    from engine.cluster.communities import DEFAULT_RUNS, medoid, small_to_noise
+    from engine.cluster.communities import medoid
 
-    parts = [
-        small_to_noise(np.load(Path(runs_dir) / f"run{i}.npy"), MIN_CLUSTER_SIZE) for i in range(DEFAULT_RUNS)
-    ]
     best = medoid(parts)
     seconds = [json.loads(line) for line in open(Path(runs_dir) / "seconds.jsonl")]
     pair_ari = [adjusted_rand_score(parts[0], p) for p in parts[1:]]
@@ -108,9 +115,12 @@ def compare(args: argparse.Namespace) -> None:
         report["recall_clustered_rows"] = round(
             graph.recall_against(_rows(exact, ~bg), np.flatnonzero(~bg)), 4
         )
-    lg, report["graph_clustering"] = primary(args.graph[1])
-    le, report["exact_clustering"] = primary(args.exact[1])
+    runs_g, runs_e = _runs(args.graph[1]), _runs(args.exact[1])
+    lg, report["graph_clustering"] = primary(runs_g, args.graph[1])
+    le, report["exact_clustering"] = primary(runs_e, args.exact[1])
     report["ari_graph_vs_exact_clustering"] = round(float(adjusted_rand_score(le, lg)), 4)
+    same_seed = [float(adjusted_rand_score(a, b)) for a, b in zip(runs_e, runs_g, strict=True)]
+    report["ari_same_seed_runs_graph_vs_exact"] = [round(a, 4) for a in same_seed]
     if truth is not None:
         report["graph_clustering"]["ari_vs_generator"] = round(float(adjusted_rand_score(truth, lg)), 4)
         report["exact_clustering"]["ari_vs_generator"] = round(float(adjusted_rand_score(truth, le)), 4)

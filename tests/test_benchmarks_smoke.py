@@ -212,3 +212,13 @@ def test_exact_certified_is_the_brute_force_graph_and_ari_vs_exact_compares(tmp_
     assert round(found / e.size, 4) <= data["recall_at_k_all_rows"] <= 1.0
     assert len(data["graph_clustering"]["run_seconds"]) == len(data["exact_clustering"]["run_seconds"]) == 8
     assert -1.0 <= data["ari_graph_vs_exact_clustering"] <= 1.0
+    assert len(data["ari_same_seed_runs_graph_vs_exact"]) == 8
+
+    # the exact graph against itself: every row found, the same primary, every same-seed run equal
+    run_script(
+        str(BENCH / "ari_vs_exact.py"), "compare", "--graph", str(exact), str(tmp_path / "e_runs"),
+        "--exact", str(exact), str(tmp_path / "e_runs"), "--out", str(out),
+    )  # fmt: skip
+    data = json.loads(out.read_text())
+    assert data["recall_at_k_all_rows"] == data["ari_graph_vs_exact_clustering"] == 1.0
+    assert data["ari_same_seed_runs_graph_vs_exact"] == [1.0] * 8
