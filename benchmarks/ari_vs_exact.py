@@ -63,6 +63,7 @@ def cluster_part(graph_path: str, runs_dir: str, part: int, parts: int) -> None:
 
 
 def _runs(runs_dir: str) -> list[np.ndarray]:
+    """The saved runs, each with communities under ``MIN_CLUSTER_SIZE`` made noise, as the engine does."""
     from engine.cluster.communities import DEFAULT_RUNS, small_to_noise
 
     return [
@@ -71,7 +72,7 @@ def _runs(runs_dir: str) -> list[np.ndarray]:
 
 
 def primary(parts: list[np.ndarray], runs_dir: str) -> tuple[np.ndarray, dict]:
-    """The engine's primary from the saved runs: small communities to noise, then the medoid."""
+    """The engine's primary: the medoid of the runs (``_runs``); ``runs_dir`` holds their seconds."""
     from sklearn.metrics import adjusted_rand_score
 
     from engine.cluster.communities import medoid
