@@ -9,11 +9,11 @@ sentences (20-300 characters) and the THUCNews Chinese titles. Vectors are MiniL
 composition is in the JSON). At 100k documents ``--graph-source auto`` takes the partitioned join.
 
 Measured: recall@30 of the engine's graph against exact kNN over *every* document; the default
-clustering (Leiden communities, seed 42) of the engine's graph vs of the exact graph (ARI), and, as
-the scale of that number, the exact graph's clustering with seed 1 vs seed 42 (what a seed alone
-changes); both ARIs also per source and over the English sources only (where the disagreement sits).
-The same two comparisons at seed 1 (engine vs exact) and seed 1 vs 42 on the engine graph give each figure a
-second sample. ``--primary consensus`` (or ``consensus-all-edges``) compares a consensus variant of
+clustering (Leiden communities) of both graphs at each of ``--seeds`` (42, 1, 2), and every ARI between
+those clusterings: the same seed on the two graphs (the issue's figure), and, as the scale of that
+number, two seeds on one graph (what a seed alone changes) and two seeds across the graphs. The seed-42
+and seed-1 figures also per source and over the English sources only (where the disagreement sits).
+``--primary consensus`` (or ``consensus-all-edges``) compares a consensus variant of
 communities_variants.py instead.
 
     OMP_NUM_THREADS=2 python benchmarks/graph_real_100k.py --work /tmp/real100k \\
@@ -23,6 +23,7 @@ communities_variants.py instead.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import platform
@@ -100,7 +101,15 @@ def main() -> int:
         "variant of benchmarks/communities_variants.py (primary layer only; edges kept by > 50 %% of the runs, "
         "or by any)",
     )
+    parser.add_argument(
+        "--seeds",
+        default="42,1,2",
+        help="clustering seeds, comma-separated; the first two are also per source",
+    )
     args = parser.parse_args()
+    seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
+    if len(seeds) < 2:
+        raise SystemExit("error: --seeds needs at least two seeds")
     from sklearn.metrics import adjusted_rand_score
 
     from engine.cluster.space import cluster_community_space
@@ -153,12 +162,24 @@ def main() -> int:
         def clustering(graph: KnnGraph, seed: int) -> np.ndarray:
             return cluster_community_space(graph, seed=seed).labels
 
-    t = time.perf_counter()
-    labels_engine = clustering(engine_graph, 42)
-    cluster_s = time.perf_counter() - t
-    labels_exact = clustering(exact, 42)
-    labels_exact_seed1 = clustering(exact, 1)
-    labels_engine_seed1 = clustering(engine_graph, 1)
+    labels: dict[tuple[str, int], np.ndarray] = {}
+    cluster_s: dict[str, float] = {}
+    for seed in seeds:
+        for name, graph in (("engine", engine_graph), ("exact", exact)):
+            t = time.perf_counter()
+            labels[name, seed] = clustering(graph, seed)
+            cluster_s[f"{name}_{seed}"] = round(time.perf_counter() - t, 1)
+            print(f"clustered the {name} graph, seed {seed}: {cluster_s[f'{name}_{seed}']} s", flush=True)
+    pairs = {
+        (a, b): round(float(adjusted_rand_score(labels[a], labels[b])), 4)
+        for a, b in itertools.combinations(labels, 2)
+    }
+    same_seed = [pairs[("engine", s), ("exact", s)] for s in seeds]
+    one_graph = [v for (a, b), v in pairs.items() if a[0] == b[0]]
+    across_seeds = [v for (a, b), v in pairs.items() if a[0] != b[0] and a[1] != b[1]]
+    s0, s1 = seeds[0], seeds[1]
+    labels_engine, labels_exact = labels["engine", s0], labels["exact", s0]
+    labels_exact_seed1 = labels["exact", s1]
     sources = pd.read_parquet(run / "corpus.parquet", columns=["source"]).source.to_numpy()
 
     def ari_by_source(a: np.ndarray, b: np.ndarray) -> dict[str, float]:
@@ -184,21 +205,18 @@ def main() -> int:
         "engine_summary_lines": summary[-3:],
         "exact_knn_s": round(exact_s, 1),
         "recall_at_30_all_documents": round(recall, 4),
-        "cluster_seconds": round(cluster_s, 1),
+        "seeds": seeds,
+        "cluster_seconds": cluster_s,
         "n_clusters_engine_graph": int(labels_engine.max() + 1),
         "n_clusters_exact_graph": int(labels_exact.max() + 1),
-        "ari_engine_vs_exact_clustering_seed42": round(
-            float(adjusted_rand_score(labels_exact, labels_engine)), 4
-        ),
-        "ari_engine_vs_exact_clustering_seed1": round(
-            float(adjusted_rand_score(labels_exact_seed1, labels_engine_seed1)), 4
-        ),
-        "ari_exact_seed1_vs_seed42": round(float(adjusted_rand_score(labels_exact, labels_exact_seed1)), 4),
-        "ari_engine_seed1_vs_seed42": round(
-            float(adjusted_rand_score(labels_engine, labels_engine_seed1)), 4
-        ),
-        "ari_engine_vs_exact_by_source": ari_by_source(labels_exact, labels_engine),
-        "ari_exact_seed1_vs_seed42_by_source": ari_by_source(labels_exact, labels_exact_seed1),
+        "ari_pairs": {f"{a[0]}_{a[1]} vs {b[0]}_{b[1]}": v for (a, b), v in pairs.items()},
+        "ari_same_seed_engine_vs_exact": same_seed,
+        "ari_same_seed_engine_vs_exact_mean": round(float(np.mean(same_seed)), 4),
+        "ari_two_seeds_one_graph_mean": round(float(np.mean(one_graph)), 4),
+        "ari_two_seeds_one_graph_min_max": [min(one_graph), max(one_graph)],
+        "ari_two_seeds_across_graphs_mean": round(float(np.mean(across_seeds)), 4),
+        f"ari_engine_vs_exact_seed{s0}_by_source": ari_by_source(labels_exact, labels_engine),
+        f"ari_exact_seed{s1}_vs_seed{s0}_by_source": ari_by_source(labels_exact, labels_exact_seed1),
         "peak_rss_mb_this_process": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
         "machine": {"cpus": os.cpu_count(), "platform": platform.platform()},
         "loadavg_end": os.getloadavg(),
