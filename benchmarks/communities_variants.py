@@ -90,21 +90,18 @@ def consensus_rounds(
     return parts
 
 
-def bagged_parts(
-    idx: np.ndarray, seed: int, runs: int, frac: float
-) -> tuple[list[np.ndarray], list[np.ndarray]]:
+def bagged_parts(idx: np.ndarray, seed: int, runs: int, frac: float) -> list[np.ndarray]:
     """Bagging (Dudoit & Fridlyand, 2003) of Leiden runs: run i sees a random ``frac`` of the documents
-    (the kNN edges among them) and gives the others no vote (-1). Returns (runs, presence masks)."""
+    (the kNN edges among them) and gives the others no vote (-1)."""
     n = idx.shape[0]
     rows, cols = C.undirected_edges(idx)
-    parts, present = [], []
+    parts = []
     for s in run_seeds(seed, runs):
         keep = np.random.default_rng(s).random(n) < frac
         m = keep[rows] & keep[cols]
         p = C.leiden(C.igraph_from_edges(n, rows[m], cols[m]), 1.0, s)
         parts.append(np.where(keep, p, -1))
-        present.append(keep)
-    return parts, present
+    return parts
 
 
 def bagged_consensus(idx: np.ndarray, seed: int, runs: int, frac: float, agree: float) -> list[np.ndarray]:
@@ -112,7 +109,7 @@ def bagged_consensus(idx: np.ndarray, seed: int, runs: int, frac: float, agree: 
     above ``agree`` go on to the consensus rounds (Leiden on the weighted graph until the runs agree)."""
     n = idx.shape[0]
     rows, cols = C.undirected_edges(idx)
-    parts, _ = bagged_parts(idx, seed, runs, frac)
+    parts = bagged_parts(idx, seed, runs, frac)
     together = np.zeros(rows.size)
     both = np.zeros(rows.size)
     for p in parts:
