@@ -106,6 +106,12 @@ def main() -> int:
         default="42,1,2",
         help="clustering seeds, comma-separated; the first two are also per source",
     )
+    parser.add_argument(
+        "--resolution",
+        type=float,
+        default=None,
+        help="Leiden resolution of the default clustering (default: the engine's)",
+    )
     args = parser.parse_args()
     seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
     if len(seeds) < 2:
@@ -150,6 +156,7 @@ def main() -> int:
         f"graph {graph_s:.1f} s ({meta.get('source')}), recall@30 over all documents {recall:.4f}", flush=True
     )
 
+    resolution = {} if args.resolution is None else {"resolution": args.resolution}
     if args.primary.startswith("consensus"):
         from communities_variants import leiden_variant
 
@@ -160,7 +167,7 @@ def main() -> int:
     else:
 
         def clustering(graph: KnnGraph, seed: int) -> np.ndarray:
-            return cluster_community_space(graph, seed=seed).labels
+            return cluster_community_space(graph, seed=seed, **resolution).labels
 
     labels: dict[tuple[str, int], np.ndarray] = {}
     cluster_s: dict[str, float] = {}
@@ -198,6 +205,7 @@ def main() -> int:
         "model": args.model,
         "graph_options": graph_options,
         "primary": args.primary,
+        "resolution": args.resolution,
         "note": "MiniLM is English-only: the Chinese titles' vectors are real but semantically weak",
         "embed_command_s": None if embed_s is None else round(embed_s, 1),
         "graph_command_s": round(graph_s, 1),
