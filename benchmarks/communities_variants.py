@@ -124,6 +124,24 @@ def bagged_consensus(idx: np.ndarray, seed: int, runs: int, frac: float, agree: 
     return consensus_rounds(n, rows[keep], cols[keep], first, seed + 1, agree)
 
 
+def vote(parts: list[np.ndarray], base: np.ndarray) -> np.ndarray:
+    """Voting consensus (Dimitriadou et al., 2002) in ``base``'s label space: each run's clusters are mapped to the
+    ``base`` cluster holding most of their members (noise to noise); each document takes the label most runs map it
+    to (ties: ``base``'s)."""
+    n = base.size
+    b = base + 1
+    counts = np.zeros((n, int(b.max()) + 1), dtype=np.int32)
+    for run in parts:
+        r = np.asarray(run) + 1
+        table = sp.coo_matrix((np.ones(n), (r, b)), shape=(int(r.max()) + 1, int(b.max()) + 1)).toarray()
+        mapped = table.argmax(axis=1)
+        mapped[0] = 0
+        counts[np.arange(n), mapped[r]] += 1
+    top = counts.max(axis=1)
+    out = np.where(counts[np.arange(n), b] == top, b, counts.argmax(axis=1)) - 1
+    return C.small_to_noise(out, MCS)
+
+
 def ecg_graph(idx: np.ndarray, seed: int, ensemble: int = 16, w_min: float = 0.05):
     """Poulin & Theberge's ECG (2019): the kNN graph with every edge weighted by the share of ``ensemble``
     first-level Louvain partitions (many small communities) that keep its ends together, floored at ``w_min``."""
@@ -181,6 +199,9 @@ def leiden_variant(
     if pick == "consensus":
         rows, cols = C.undirected_edges(idx)
         parts = consensus_rounds(idx.shape[0], rows, cols, parts, seed, agree, per_round=per_round)
+    if pick == "vote":
+        small = [C.small_to_noise(p, MCS) for p in parts]
+        return vote(small, small[C.medoid(small)])
     if pick == "modularity":
         best = int(np.argmax([g.modularity(p.tolist(), weights=attr) for p in parts]))
     else:
@@ -291,6 +312,8 @@ def main(argv: list[str] | None = None) -> int:
         "leiden consensus8 agree>0.5": {"pick": "consensus"},
         "leiden consensus8 agree>0": {"pick": "consensus", "agree": 0.0},
         "leiden ecg16 medoid8": {"pick": "ecg"},
+        "leiden vote8": {"pick": "vote"},
+        "leiden vote16": {"pick": "vote", "runs": 16},
         "leiden consensus16 agree>0": {"pick": "consensus", "agree": 0.0, "runs": 16},
         "leiden consensus8x8 agree>0": {"pick": "consensus", "agree": 0.0, "per_round": 8},
         "leiden bagged8 90% agree>0.5": {"pick": "bagged:0.9"},

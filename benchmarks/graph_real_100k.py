@@ -95,11 +95,11 @@ def main() -> int:
     )
     parser.add_argument(
         "--primary",
-        choices=("default", "consensus", "consensus-all-edges"),
+        choices=("default", "consensus", "consensus-all-edges", "vote16"),
         default="default",
         help="the clustering compared: the engine's default (medoid of 8 Leiden runs) or a consensus "
         "variant of benchmarks/communities_variants.py (primary layer only; edges kept by > 50 %% of the runs, "
-        "or by any)",
+        "or by any), or the voting consensus of 16 runs (vote16)",
     )
     parser.add_argument(
         "--seeds",
@@ -157,7 +157,12 @@ def main() -> int:
     )
 
     resolution = {} if args.resolution is None else {"resolution": args.resolution}
-    if args.primary.startswith("consensus"):
+    if args.primary == "vote16":
+        from communities_variants import leiden_variant
+
+        def clustering(graph: KnnGraph, seed: int) -> np.ndarray:
+            return leiden_variant(graph, seed, pick="vote", runs=16)
+    elif args.primary.startswith("consensus"):
         from communities_variants import leiden_variant
 
         agree = 0.0 if args.primary == "consensus-all-edges" else 0.5
