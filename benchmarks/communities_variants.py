@@ -13,6 +13,8 @@ seed ARI (seeds 1, 2, 3 vs 42) and 90 %-subsample ARI. Variants:
   or of 8 with 8 Leiden runs (not 2) in each later round; or bagging (Dudoit & Fridlyand, 2003): each of 8 (16)
   runs sees a random 90 % (80 %) of the documents, each kNN edge is weighted by the share of the runs that saw
   both ends and kept them together, and the consensus rounds go on from there.
+  Or a vote (Dimitriadou et al., 2002) of 8 (16) runs in the medoid's label space: each run's clusters mapped to
+  the medoid cluster holding most of their members, each document to the label most runs give it.
 * The §12 consensus of 16 node-embedding runs with other final steps: connected components of the edges agreed
   by > 30 % (the §12 default), the same on mutual kNN edges only, and Leiden on the co-association-weighted graph.
 
