@@ -110,7 +110,7 @@ def main() -> int:
         "--resolution",
         type=float,
         default=None,
-        help="Leiden resolution of the default clustering (default: the engine's)",
+        help="Leiden resolution of the default clustering (default: the engine's; --primary default only)",
     )
     args = parser.parse_args()
     seeds = [int(v) for v in args.seeds.split(",") if v.strip()]
@@ -156,20 +156,18 @@ def main() -> int:
         f"graph {graph_s:.1f} s ({meta.get('source')}), recall@30 over all documents {recall:.4f}", flush=True
     )
 
-    resolution = {} if args.resolution is None else {"resolution": args.resolution}
-    if args.primary == "vote16":
+    variants = {  # leiden_variant keyword arguments of each non-default --primary
+        "consensus": {"pick": "consensus", "agree": 0.5},
+        "consensus-all-edges": {"pick": "consensus", "agree": 0.0},
+        "vote16": {"pick": "vote", "runs": 16},
+    }
+    if args.primary in variants:
         from communities_variants import leiden_variant
 
         def clustering(graph: KnnGraph, seed: int) -> np.ndarray:
-            return leiden_variant(graph, seed, pick="vote", runs=16)
-    elif args.primary.startswith("consensus"):
-        from communities_variants import leiden_variant
-
-        agree = 0.0 if args.primary == "consensus-all-edges" else 0.5
-
-        def clustering(graph: KnnGraph, seed: int) -> np.ndarray:
-            return leiden_variant(graph, seed, pick="consensus", agree=agree)
+            return leiden_variant(graph, seed, **variants[args.primary])
     else:
+        resolution = {} if args.resolution is None else {"resolution": args.resolution}
 
         def clustering(graph: KnnGraph, seed: int) -> np.ndarray:
             return cluster_community_space(graph, seed=seed, **resolution).labels
