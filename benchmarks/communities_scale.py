@@ -6,7 +6,7 @@ graph so that it is one connected graph (not disjoint copies). Its cost is what 
 peak RSS of the process during the cluster stage): a graph of copies says nothing about quality at
 that size (benchmarks/stability.py measures quality on the real corpora).
 
-Rows: ``communities`` (the default: 8 Leiden runs, medoid, finer and coarser layers; then the map stage
+Rows: ``communities`` (the default: 8 Leiden runs voting, finer and coarser layers; then the map stage
 that follows it, timed apart: start from the topics' places, 2-D refinement on the graph), the
 ``embedding`` space with one run (the single-run cluster stage that issue 19 calls "today"; the previous
 default ran 16 of them, ~16x: RESULTS.md section 12) and ``embedding_16runs`` (``--child N METHOD`` only).

@@ -44,7 +44,7 @@ sys.path.insert(0, str(HERE))
 from stability import BASE_SEED, CACHE, SEEDS, load  # noqa: E402
 
 from engine.cluster import communities as C  # noqa: E402
-from engine.cluster.consensus import coassociation, majority_clusters, run_seeds  # noqa: E402
+from engine.cluster.consensus import coassociation, majority_clusters, run_seeds, vote  # noqa: E402
 from engine.graph import exact_knn  # noqa: E402
 
 MCS = 5
@@ -126,24 +126,6 @@ def bagged_consensus(idx: np.ndarray, seed: int, runs: int, frac: float, agree: 
     return consensus_rounds(n, rows[keep], cols[keep], first, seed + 1, agree)
 
 
-def vote(parts: list[np.ndarray], base: np.ndarray) -> np.ndarray:
-    """Voting consensus (Dimitriadou et al., 2002) in ``base``'s label space: each run's clusters are mapped to the
-    ``base`` cluster holding most of their members (noise to noise); each document takes the label most runs map it
-    to (ties: ``base``'s)."""
-    n = base.size
-    b = base + 1
-    counts = np.zeros((n, int(b.max()) + 1), dtype=np.int32)
-    for run in parts:
-        r = np.asarray(run) + 1
-        table = sp.coo_matrix((np.ones(n), (r, b)), shape=(int(r.max()) + 1, int(b.max()) + 1)).toarray()
-        mapped = table.argmax(axis=1)
-        mapped[0] = 0
-        counts[np.arange(n), mapped[r]] += 1
-    top = counts.max(axis=1)
-    out = np.where(counts[np.arange(n), b] == top, b, counts.argmax(axis=1)) - 1
-    return C.small_to_noise(out, MCS)
-
-
 def ecg_graph(idx: np.ndarray, seed: int, ensemble: int = 16, w_min: float = 0.05):
     """Poulin & Theberge's ECG (2019): the kNN graph with every edge weighted by the share of ``ensemble``
     first-level Louvain partitions (many small communities) that keep its ends together, floored at ``w_min``."""
@@ -203,7 +185,7 @@ def leiden_variant(
         parts = consensus_rounds(idx.shape[0], rows, cols, parts, seed, agree, per_round=per_round)
     if pick == "vote":
         small = [C.small_to_noise(p, MCS) for p in parts]
-        return vote(small, small[C.medoid(small)])
+        return C.small_to_noise(vote(small, small[C.medoid(small)]), MCS)
     if pick == "modularity":
         best = int(np.argmax([g.modularity(p.tolist(), weights=attr) for p in parts]))
     else:
@@ -304,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.subsamples < 1:
         raise SystemExit(f"error: --subsamples must be >= 1, got {args.subsamples}")
     leiden = {
-        "leiden ones k30 medoid8 (default)": {},
+        "leiden ones k30 medoid8 (default until Dec 8)": {},
         "leiden cos": {"weights": "cos"},
         "leiden fuzzy": {"weights": "fuzzy"},
         "leiden k15": {"k": 15},
@@ -314,7 +296,7 @@ def main(argv: list[str] | None = None) -> int:
         "leiden consensus8 agree>0.5": {"pick": "consensus"},
         "leiden consensus8 agree>0": {"pick": "consensus", "agree": 0.0},
         "leiden ecg16 medoid8": {"pick": "ecg"},
-        "leiden vote8": {"pick": "vote"},
+        "leiden vote8 (default)": {"pick": "vote"},
         "leiden vote16": {"pick": "vote", "runs": 16},
         "leiden consensus16 agree>0": {"pick": "consensus", "agree": 0.0, "runs": 16},
         "leiden consensus8x8 agree>0": {"pick": "consensus", "agree": 0.0, "per_round": 8},

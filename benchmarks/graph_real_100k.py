@@ -97,7 +97,7 @@ def main() -> int:
         "--primary",
         choices=("default", "consensus", "consensus-all-edges", "vote16"),
         default="default",
-        help="the clustering compared: the engine's default (medoid of 8 Leiden runs) or a consensus "
+        help="the clustering compared: the engine's default (vote of 8 Leiden runs) or a consensus "
         "variant of benchmarks/communities_variants.py (primary layer only; edges kept by > 50 %% of the runs, "
         "or by any), or the voting consensus of 16 runs (vote16)",
     )

@@ -315,9 +315,9 @@ class ClusterSettings(Section):
     )
     consensus_runs: OptInt = opt(
         None,
-        "independent runs behind the primary (default: 8 Leiden runs, the one agreeing most with the others, "
-        "in the communities space; 16 node-embedding runs voting in the embedding space; 1: one run, faster "
-        "and seed-dependent)",
+        "independent runs behind the primary (default: 8 Leiden runs voting in the labels of the one agreeing "
+        "most with the others, in the communities space; 16 node-embedding runs voting in the embedding space; "
+        "1: one run, faster and seed-dependent)",
         ge=1,
         le=256,
     )

@@ -15,6 +15,7 @@ from engine.cluster.communities import (
     small_to_noise,
     undirected_edges,
 )
+from engine.cluster.consensus import mapped_labels, run_agreement, vote
 from engine.cluster.space import cluster_community_space
 from engine.graph import exact_knn
 
@@ -111,6 +112,34 @@ def test_medoid_is_the_partition_the_others_agree_with():
     a = np.array([0, 0, 1, 1, 2, 2])
     odd = np.array([0, 1, 0, 1, 0, 1])
     assert medoid([odd, a, a.copy(), a + 3]) == 1
+
+
+def test_a_run_is_read_in_the_target_labels_whatever_its_own_numbering():
+    target = np.array([0, 0, 0, 1, 1, 1, -1])
+    run = np.array([7, 7, 3, 3, 3, 3, -1])  # cluster 7 mostly target 0, cluster 3 mostly target 1
+    assert mapped_labels(target, run).tolist() == [0, 0, 1, 1, 1, 1, -1]
+    assert mapped_labels(target, np.full(7, -1)).tolist() == [-1] * 7  # run noise stays noise
+
+
+def test_vote_moves_a_block_to_where_most_runs_put_it():
+    # documents 4-5 are a block: the base (itself one of the runs) and one other run put it with 6-9,
+    # three runs with 0-3
+    base = np.array([0, 0, 0, 0, 1, 1, 1, 1, 1, 1])
+    with_first = np.array([5, 5, 5, 5, 5, 5, 2, 2, 2, 2])
+    with_second = np.array([1, 1, 1, 1, 2, 2, 2, 2, 2, 2])
+    runs = [base, with_first, with_first + 10, with_first + 20, with_second]
+    assert vote(runs, base).tolist() == [0, 0, 0, 0, 0, 0, 1, 1, 1, 1]
+    # share of runs agreeing with the voted labels: 3 of 5 on the block, all on the rest
+    agree = run_agreement(vote(runs, base), runs)
+    assert np.allclose(agree, [1, 1, 1, 1, 0.6, 0.6, 1, 1, 1, 1])
+
+
+def test_vote_keeps_the_base_label_on_a_tie_and_agrees_with_unanimous_runs():
+    base = np.array([0, 0, 1, 1, 1, 1])
+    other = np.array([0, 0, 0, 1, 1, 1])
+    assert vote([base, other], base).tolist() == base.tolist()  # 1 against 1: the base's
+    assert vote([other, other, other + 4], base).tolist() == [0, 0, 0, 1, 1, 1]
+    assert vote([], base).tolist() == base.tolist()
 
 
 def test_community_space_result_carries_stability_and_assign_keeps_size_order():

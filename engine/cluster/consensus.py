@@ -85,21 +85,65 @@ def majority_clusters(
     return relabel_by_size(labels)
 
 
+def mapped_labels(target: np.ndarray, run: np.ndarray) -> np.ndarray:
+    """``run`` read in ``target``'s labels: each run cluster becomes the ``target`` cluster holding most
+    of its members (the lowest label on ties); run noise stays noise (-1).
+
+    The majority mapping behind both ``run_agreement`` and ``vote``.
+    """
+    t = np.asarray(target, dtype=np.int64) + 1  # noise -> 0
+    r = np.asarray(run, dtype=np.int64) + 1
+    n = t.size
+    if n == 0:
+        return np.empty(0, dtype=np.int64)
+    table = sp.coo_matrix((np.ones(n), (r, t)), shape=(int(r.max()) + 1, int(t.max()) + 1)).toarray()
+    mapped = table.argmax(axis=1)
+    mapped[0] = 0  # run noise is read as target noise
+    return mapped[r] - 1
+
+
 def run_agreement(consensus: np.ndarray, runs: list[np.ndarray] | np.ndarray) -> np.ndarray:
     """Per document, the share of runs whose (mapped) cluster is its consensus cluster, in [0, 1]."""
     consensus = np.asarray(consensus, dtype=np.int64)
-    n = consensus.size
-    agree = np.zeros(n, dtype=np.float64)
-    c_shift = consensus + 1  # noise -> 0
-    n_c = int(c_shift.max()) + 1 if n else 1
+    agree = np.zeros(consensus.size, dtype=np.float64)
     for run in runs:
-        r_shift = np.asarray(run, dtype=np.int64) + 1
-        n_r = int(r_shift.max()) + 1 if n else 1
-        table = sp.coo_matrix((np.ones(n), (r_shift, c_shift)), shape=(n_r, n_c)).toarray()
-        mapped = table.argmax(axis=1)
-        mapped[0] = 0  # run noise is read as consensus noise
-        agree += mapped[r_shift] == c_shift
+        agree += mapped_labels(consensus, run) == consensus
     return (agree / max(len(runs), 1)).astype(np.float32)
+
+
+@numba.njit(cache=True)
+def _vote(mapped, base):
+    n_runs, n = mapped.shape
+    out = np.empty(n, dtype=np.int64)
+    for i in range(n):
+        top, pick, base_count = 0, 0, 0
+        for r in range(n_runs):
+            lab = mapped[r, i]
+            c = 0
+            for q in range(n_runs):
+                if mapped[q, i] == lab:
+                    c += 1
+            if lab == base[i]:
+                base_count = c
+            if c > top or (c == top and lab < pick):
+                top, pick = c, lab
+        out[i] = base[i] if base_count == top else pick
+    return out
+
+
+def vote(runs: list[np.ndarray], base: np.ndarray) -> np.ndarray:
+    """Voting consensus (Dimitriadou et al., 2002) in ``base``'s label space.
+
+    Every run is read in ``base``'s labels (``mapped_labels``) and each document takes the label most
+    runs give it; on a tie ``base``'s own label, else the lowest. No clustering runs on the votes, so a
+    vote cannot create a new near-tie: a block of documents that most runs attach to one topic goes
+    there, however ``base`` placed it.
+    """
+    base = np.asarray(base, dtype=np.int64)
+    if not runs:
+        return base.copy()
+    mapped = np.stack([mapped_labels(base, r) for r in runs])
+    return _vote(mapped, base)
 
 
 def run_seeds(seed: int | None, n_runs: int) -> list[int | None]:
