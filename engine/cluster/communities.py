@@ -226,9 +226,9 @@ def cluster_communities(
     """Layers (finest first) of Leiden communities of ``graph`` (a KnnGraph or anything with ``indices``).
 
     Primary: the vote of ``runs`` Leiden runs at ``resolution`` (or, with ``n_clusters``, at the
-    resolution whose communities number closest to it) in the labels of their medoid. ``strengths`` of the primary and coarser
-    layers: each document's share of runs agreeing with its cluster (``run_agreement``); the finer
-    layer inherits the primary's.
+    resolution whose communities number closest to it) in the labels of their medoid. ``strengths``
+    of the primary and coarser layers: each document's share of runs agreeing with its cluster
+    (``run_agreement``); the finer layer inherits the primary's.
     """
     if runs < 1:
         raise EngineError(f"consensus_runs must be >= 1, got {runs}")
